@@ -1,0 +1,1 @@
+"""What the three services share: the wire contract, broker names, settings, logging."""

@@ -1,0 +1,134 @@
+"""The wire contract: one versioned envelope for every datasource event.
+
+A message body is one event or a JSON array of events. Unknown top-level fields
+are kept (``extra="allow"``) so that a newer collector never loses data on an
+older graph service. Timestamps are parsed into timezone-aware UTC datetimes;
+they are never compared as strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class Action(StrEnum):
+    """Vitrage's ``vitrage_datasource_action`` plus the end-of-snapshot marker."""
+
+    INIT_SNAPSHOT = "init_snapshot"
+    SNAPSHOT = "snapshot"
+    UPDATE = "update"
+    DELETE = "delete"
+    END_SNAPSHOT = "end_snapshot"
+
+
+class EntityType(StrEnum):
+    """Entity types the processor has a transformer for."""
+
+    CLUSTER = "openstack.cluster"
+    ZONE = "nova.zone"
+    HOST = "nova.host"
+    INSTANCE = "nova.instance"
+    NETWORK = "neutron.network"
+    PORT = "neutron.port"
+    VOLUME = "cinder.volume"
+    ZABBIX = "zabbix"
+    PROMETHEUS = "prometheus"
+    AODH = "aodh"
+    VITRAGE = "vitrage"
+
+
+ALARM_TYPES = frozenset({EntityType.ZABBIX, EntityType.PROMETHEUS, EntityType.AODH})
+
+
+def format_timestamp(ts: datetime) -> str:
+    """The one textual form of a timestamp: ISO-8601 UTC with microseconds and ``Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(value: str | datetime) -> datetime:
+    """Parse an ISO-8601 timestamp into an aware UTC datetime (naive means UTC)."""
+    ts = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+class Event(BaseModel):
+    """One datasource event (or an evaluator action, ``entity_type=vitrage``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    version: int = SCHEMA_VERSION
+    event_id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    entity_type: str = Field(min_length=1)
+    entity_id: str = ""
+    action: Action
+    sample_timestamp: datetime
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sample_timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return parse_timestamp(value)
+
+    @field_validator("entity_id")
+    @classmethod
+    def _entity_id_needed(cls, value: str, info: Any) -> str:
+        action = info.data.get("action")
+        if not value and action not in (Action.END_SNAPSHOT, None):
+            raise ValueError("entity_id is required for every action but end_snapshot")
+        return value
+
+    def to_wire(self) -> dict[str, Any]:
+        """A JSON-ready dict, timestamps in their one textual form."""
+        data = self.model_dump(mode="python")
+        data["sample_timestamp"] = format_timestamp(self.sample_timestamp)
+        data["action"] = self.action.value
+        return data
+
+
+_EVENTS = TypeAdapter(list[Event])
+_EVENT = TypeAdapter(Event)
+
+
+class MalformedMessage(ValueError):
+    """A message body that is not one event or a list of events; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_events(body: bytes) -> list[Event]:
+    """Decode a message body (one event or a JSON array of events).
+
+    Raises :class:`MalformedMessage` with a one-line reason when the body is not
+    JSON or an event violates the schema.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from None
+    try:
+        if isinstance(data, list):
+            return _EVENTS.validate_python(data)
+        return [_EVENT.validate_python(data)]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MalformedMessage(
+            f"schema violation at {where or 'body'}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """Encode events as one message body (a JSON array)."""
+    return orjson.dumps([e.to_wire() for e in events])
