@@ -101,8 +101,6 @@ async def dead_letter(
     hdrs[REASON_HEADER] = reason[:1000]
     hdrs[SOURCE_QUEUE_HEADER] = source_queue
     await channel.default_exchange.publish(
-        aio_pika.Message(
-            body, headers=hdrs, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        ),
+        aio_pika.Message(body, headers=hdrs, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
         routing_key=topo.dead_letter_queue.name,
     )

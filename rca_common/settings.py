@@ -8,6 +8,7 @@ stops startup with one line naming the variable.
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,20 @@ class Settings(BaseSettings):
     collector_seed: int = _doc("Seed of the collector's topology and update stream.", 42)
     collector_rate: Annotated[float, Field(ge=0)] = _doc(
         "Update events per second the collector streams (0: none).", 0.0
+    )
+    collector_clock_start: datetime | None = _doc(
+        "Start of the collector's logical event clock (ISO-8601, naive means UTC); unset: the"
+        " wall clock at start-up. Set it to make event timestamps and ids reproducible.",
+        None,
+    )
+    collector_storm_every: Annotated[float, Field(ge=0)] = _doc(
+        "Seconds of streaming between host-outage alarm storms (0: none).", 0.0
+    )
+    collector_batch_size: Annotated[int, Field(gt=0)] = _doc(
+        "Events per message the collector publishes (snapshots; streams flush sooner).", 500
+    )
+    collector_flush_interval: Annotated[float, Field(gt=0)] = _doc(
+        "Seconds a streamed event may wait for more events to share its message.", 0.02
     )
 
     # --- logging

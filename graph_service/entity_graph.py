@@ -1,0 +1,236 @@
+"""The in-memory entity graph and the one way it changes: lists of changes.
+
+Every mutation, live or replayed, goes through :meth:`EntityGraph.apply`, so a
+graph rebuilt from logged changes is identical to the one that produced them,
+down to the bytes of its pickle. A change is a short list, JSON-ready as is:
+
+* ``["v", vid, {set...}, [unset...]]``  upsert a vertex (created if missing)
+* ``["V", vid]``                         remove a vertex and its edges
+* ``["e", src, dst, label, {set...}, [unset...]]``  upsert an edge
+* ``["E", src, dst, label]``              remove an edge
+
+Edges are keyed by their label (``relationship_type``), as in Vitrage.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import networkx as nx
+
+from rca_common.events import parse_timestamp
+
+Change = list[Any]
+Props = dict[str, Any]
+
+# Vertex property names (Vitrage vocabulary).
+VID = "vitrage_id"
+CATEGORY = "vitrage_category"
+TYPE = "vitrage_type"
+IS_DELETED = "vitrage_is_deleted"
+IS_PLACEHOLDER = "vitrage_is_placeholder"
+SAMPLE_TS = "vitrage_sample_timestamp"
+DATASOURCE = "vitrage_datasource_name"
+RELATIONSHIP = "relationship_type"
+
+RESOURCE = "RESOURCE"
+ALARM = "ALARM"
+
+_intern = sys.intern
+
+
+def _own(value: Any) -> Any:
+    """A private, canonical copy of a property value.
+
+    Strings are interned and containers copied, so that the pickle of a graph
+    does not depend on which objects happened to be shared on the way in.
+    """
+    if type(value) is str:
+        return _intern(value)
+    if isinstance(value, str):  # str enums and other subclasses become plain str
+        return _intern(str.__str__(value))
+    if isinstance(value, list):
+        return [_own(v) for v in value]
+    if isinstance(value, dict):
+        return {_intern(k): _own(v) for k, v in value.items()}
+    return value
+
+
+def _update(attrs: Props, setting: dict[str, Any], unsetting: Sequence[str]) -> None:
+    for key, value in setting.items():
+        t = type(value)
+        if t is str:
+            value = _intern(value)
+        elif t is not bool and t is not int and t is not float and value is not None:
+            value = _own(value)
+        attrs[_intern(key)] = value
+    for key in unsetting:
+        attrs.pop(key, None)
+
+
+class EntityGraph:
+    """A networkx MultiDiGraph behind a small API, plus the index of deleted vertices."""
+
+    def __init__(self) -> None:
+        self._g: nx.MultiDiGraph = nx.MultiDiGraph()
+        # vid -> time of deletion, in the order deletions happened (purge queue).
+        self._deleted: dict[str, datetime] = {}
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Plain dicts only: no networkx classes (cached views would make the bytes
+        depend on which views were used) and nothing a restricted unpickler must allow."""
+        g = self._g
+        return {
+            "attrs": g.graph,
+            "node": g._node,
+            "succ": g._succ,
+            "pred": g._pred,
+            "deleted": self._deleted,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        g = nx.MultiDiGraph()
+        g.graph = state["attrs"]
+        g._node = state["node"]
+        g._adj = g._succ = state["succ"]
+        g._pred = state["pred"]
+        self._g = g
+        self._deleted = state["deleted"]
+
+    # ----------------------------------------------------------------- mutation
+    def apply(self, changes: Iterable[Sequence[Any]]) -> None:
+        """Apply changes in order. The only way the graph changes.
+
+        Works on networkx's adjacency dicts directly: this is the hot path of
+        both processing and replay.
+        """
+        nodes, succ, pred = self._g._node, self._g._succ, self._g._pred
+        for ch in changes:
+            op = ch[0]
+            if op == "v":
+                vid = _own(ch[1])
+                attrs = nodes.get(vid)
+                if attrs is None:
+                    attrs = nodes[vid] = {}
+                    succ[vid] = {}
+                    pred[vid] = {}
+                _update(attrs, ch[2], ch[3])
+                if attrs.get(IS_DELETED) or vid in self._deleted:
+                    self._track_deleted(vid, attrs)
+            elif op == "e":
+                src, dst, label = _own(ch[1]), _own(ch[2]), _own(ch[3])
+                keys = succ[src].get(dst)
+                if keys is None:
+                    keys = succ[src][dst] = {}
+                    pred[dst][src] = keys
+                attrs = keys.get(label)
+                if attrs is None:
+                    attrs = keys[label] = {}
+                _update(attrs, ch[4], ch[5])
+            elif op == "V":
+                vid = ch[1]
+                if vid in nodes:
+                    self._g.remove_node(vid)
+                self._deleted.pop(vid, None)
+            elif op == "E":
+                src, dst, label = ch[1], ch[2], ch[3]
+                keys = succ.get(src, {}).get(dst)
+                if keys is not None and label in keys:
+                    del keys[label]
+                    if not keys:
+                        del succ[src][dst]
+                        del pred[dst][src]
+            else:
+                raise ValueError(f"unknown change op {op!r}")
+
+    def _track_deleted(self, vid: str, attrs: Props) -> None:
+        if attrs.get(IS_DELETED):
+            if vid not in self._deleted:
+                self._deleted[vid] = parse_timestamp(attrs[SAMPLE_TS])
+        elif vid in self._deleted:
+            del self._deleted[vid]
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return self._g.number_of_nodes()
+
+    def __contains__(self, vid: object) -> bool:
+        return vid in self._g
+
+    @property
+    def edge_count(self) -> int:
+        return self._g.number_of_edges()
+
+    def vertex(self, vid: str) -> Props | None:
+        """The vertex's properties (a live dict: do not mutate), or None."""
+        return self._g._node.get(vid)
+
+    def edge(self, src: str, dst: str, label: str) -> Props | None:
+        try:
+            return self._g[src][dst][label]
+        except KeyError:
+            return None
+
+    def vertices(self) -> Iterator[tuple[str, Props]]:
+        return iter(self._g.nodes(data=True))
+
+    def edges(self) -> Iterator[tuple[str, str, str, Props]]:
+        return iter(self._g.edges(keys=True, data=True))
+
+    def out_edges(self, vid: str) -> Iterator[tuple[str, str, str, Props]]:
+        return iter(self._g.out_edges(vid, keys=True, data=True))
+
+    def in_edges(self, vid: str) -> Iterator[tuple[str, str, str, Props]]:
+        return iter(self._g.in_edges(vid, keys=True, data=True))
+
+    def successors(self, vid: str) -> dict[str, dict[str, Props]]:
+        """Raw adjacency: neighbour -> label -> edge properties (do not mutate)."""
+        return self._g._succ[vid]
+
+    def predecessors(self, vid: str) -> dict[str, dict[str, Props]]:
+        return self._g._pred[vid]
+
+    def deleted_before(self, cutoff: datetime) -> list[str]:
+        """Deleted vertices whose deletion time is before ``cutoff``, oldest first.
+
+        Scans the deletion-ordered index from the front and stops at the first
+        vertex deleted at or after the cutoff: cheap enough to run per event.
+        """
+        out: list[str] = []
+        for vid, when in self._deleted.items():
+            if when >= cutoff:
+                break
+            out.append(vid)
+        return out
+
+    def subgraph(self, root: str, depth: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """Vertex ids within ``depth`` hops of ``root`` (either direction) and their edges."""
+        seen = {root: 0}
+        order = [root]
+        frontier = [root]
+        for d in range(depth):
+            nxt: list[str] = []
+            for vid in frontier:
+                for n in (*self._g.successors(vid), *self._g.predecessors(vid)):
+                    if n not in seen:
+                        seen[n] = d + 1
+                        order.append(n)
+                        nxt.append(n)
+            frontier = nxt
+        edges = [
+            (s, t, k) for s in order for _, t, k in self._g.out_edges(s, keys=True) if t in seen
+        ]
+        return order, edges
+
+    def counts_by_type(self, include_deleted: bool = False) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, attrs in self._g.nodes(data=True):
+            if attrs.get(IS_DELETED) and not include_deleted:
+                continue
+            t = attrs.get(TYPE, "?")
+            counts[t] = counts.get(t, 0) + 1
+        return dict(sorted(counts.items()))

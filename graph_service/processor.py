@@ -1,0 +1,281 @@
+"""The processor: a deterministic function of (graph, event) to a list of changes.
+
+``process`` is the live path (transform, diff against the graph, apply);
+``replay`` is the recovery path (apply logged changes, no transformer runs).
+Both end with the same graph and the same bookkeeping (recent event ids, the
+logical clock, the per-source snapshot round), which is what makes a standby
+that replays the log identical to the active that wrote it.
+
+No wall clock, no randomness: time is the largest ``sample_timestamp`` seen.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from graph_service.entity_graph import (
+    CATEGORY,
+    DATASOURCE,
+    IS_DELETED,
+    IS_PLACEHOLDER,
+    SAMPLE_TS,
+    TYPE,
+    VID,
+    Change,
+    EntityGraph,
+)
+from graph_service.states import StateNormalizer
+from graph_service.transformers import (
+    AGGREGATED_STATE,
+    EVALUATOR_OWNED,
+    EVALUATOR_STATE,
+    OPERATIONAL_STATE,
+    MalformedEvent,
+    Ref,
+    category_of,
+    entity_vid,
+    transform,
+)
+from rca_common.events import Action, Event, format_timestamp, parse_timestamp
+
+SNAPSHOT_ACTIONS = (Action.INIT_SNAPSHOT, Action.SNAPSHOT)
+
+
+class Status(StrEnum):
+    APPLIED = "applied"  # accepted: logged with a seq (its change list may be empty)
+    STALE = "stale"  # accepted but older than the vertex: logged, no changes
+    DUPLICATE = "duplicate"  # already applied (redelivery): not logged
+
+
+@dataclass(slots=True)
+class Outcome:
+    event: Event
+    status: Status
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def logged(self) -> bool:
+        return self.status is not Status.DUPLICATE
+
+
+class RecentIds:
+    """The last N event ids, in arrival order (deterministic when pickled)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        if event_id in self._ids:
+            return
+        self._order.append(event_id)
+        self._ids[event_id] = None
+        if len(self._order) > self.capacity:
+            del self._ids[self._order.popleft()]
+
+
+class Processor:
+    """Owns the entity graph and every piece of state that replay must rebuild."""
+
+    def __init__(
+        self,
+        states: StateNormalizer | None = None,
+        min_time_to_delete: float = 600.0,
+        recent_capacity: int = 200_000,
+    ) -> None:
+        self.graph = EntityGraph()
+        self.states = states or StateNormalizer.load()
+        self.min_time_to_delete = timedelta(seconds=min_time_to_delete)
+        self.recent = RecentIds(recent_capacity)
+        self.clock: datetime | None = None
+        # source -> vertices seen since that source's snapshot round began
+        self._round: dict[str, dict[str, None]] = {}
+
+    # ---------------------------------------------------------------- live path
+    def process(self, event: Event) -> Outcome:
+        """Apply one event; raises MalformedEvent (before touching any state) if it is bad."""
+        if event.event_id in self.recent:
+            return Outcome(event, Status.DUPLICATE)
+        tf = transform(event, self.states) if event.action is not Action.END_SNAPSHOT else None
+        seen = self._observe(event)
+        changes: list[Change] = []
+        emit = _Emitter(self.graph, changes)
+        status = Status.APPLIED
+        if event.action is Action.END_SNAPSHOT:
+            self._end_snapshot(event, seen or {}, emit)
+        else:
+            assert tf is not None
+            old = self.graph.vertex(tf.vid)
+            if old is not None and _is_newer(old, event.sample_timestamp):
+                status = Status.STALE
+            elif event.action is Action.DELETE or tf.deleted:
+                if old is not None and not old.get(IS_DELETED):
+                    self._mark_deleted(tf.vid, event.sample_timestamp, emit)
+            else:
+                self._upsert(tf.vid, tf.props, old, emit)
+                self._link(tf.vid, tf.refs, tf.owned, event.sample_timestamp, emit)
+        self._purge(emit)
+        return Outcome(event, status, changes)
+
+    # ------------------------------------------------------------ recovery path
+    def replay(self, event: Event, changes: Iterable[Sequence[Any]]) -> None:
+        """Re-apply a logged event: its recorded changes, then its bookkeeping."""
+        self.graph.apply(changes)
+        self._observe(event)
+
+    # ------------------------------------------------------------- bookkeeping
+    def _observe(self, event: Event) -> dict[str, None] | None:
+        """Record the event id, advance the clock, track the snapshot round.
+
+        Returns, for an end_snapshot, the vertices seen in the round it closes.
+        """
+        self.recent.add(event.event_id)
+        ts = event.sample_timestamp
+        if self.clock is None or ts > self.clock:
+            self.clock = ts
+        if event.action is Action.END_SNAPSHOT:
+            return self._round.pop(event.source, {})
+        if event.action in SNAPSHOT_ACTIONS:
+            self._round.setdefault(event.source, {})[entity_vid(event)] = None
+        elif event.source in self._round:
+            self._round[event.source][entity_vid(event)] = None
+        return None
+
+    # ------------------------------------------------------------------ changes
+    def _upsert(self, vid: str, props: dict[str, Any], old: dict[str, Any] | None, emit: _Emitter):
+        if OPERATIONAL_STATE in props:
+            evaluator_state = old.get(EVALUATOR_STATE) if old else None
+            props[AGGREGATED_STATE] = self.states.aggregate(
+                props[TYPE], props[OPERATIONAL_STATE], evaluator_state
+            )
+        if old is None:
+            emit(["v", vid, props, []])
+            return
+        changed = {k: v for k, v in props.items() if k not in old or old[k] != v}
+        removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
+        if changed or removed:
+            emit(["v", vid, changed, removed])
+
+    def _link(
+        self,
+        vid: str,
+        refs: list[Ref],
+        owned: tuple[tuple[str, bool, str], ...],
+        ts: datetime,
+        emit: _Emitter,
+    ) -> None:
+        g = self.graph
+        wanted: set[tuple[str, str, str]] = set()
+        for ref in refs:
+            nid = ref.vid
+            if nid not in g:
+                emit(["v", nid, _placeholder(nid, ref, ts), []])
+            src, dst = (vid, nid) if ref.outgoing else (nid, vid)
+            wanted.add((src, dst, ref.label))
+            edge = g.edge(src, dst, ref.label)
+            if edge is None:
+                emit(
+                    [
+                        "e",
+                        src,
+                        dst,
+                        ref.label,
+                        {"relationship_type": ref.label, IS_DELETED: False},
+                        [],
+                    ]
+                )
+            elif edge.get(IS_DELETED):
+                emit(["e", src, dst, ref.label, {IS_DELETED: False}, []])
+        if not owned:
+            return
+        stale: list[tuple[str, str, str]] = []
+        for label, outgoing, ntype in owned:
+            adjacency = g.successors(vid) if outgoing else g.predecessors(vid)
+            for other, keyed in adjacency.items():
+                if label not in keyed:
+                    continue
+                edge_id = (vid, other, label) if outgoing else (other, vid, label)
+                if edge_id not in wanted and g.vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
+                    stale.append(edge_id)
+        for src, dst, key in stale:  # a move: the old edge goes
+            emit(["E", src, dst, key])
+
+    def _mark_deleted(self, vid: str, ts: datetime, emit: _Emitter) -> None:
+        g = self.graph
+        emit(["v", vid, {IS_DELETED: True, SAMPLE_TS: format_timestamp(ts)}, []])
+        edges = [
+            (s, d, k)
+            for s, d, k, a in (*g.out_edges(vid), *g.in_edges(vid))
+            if not a.get(IS_DELETED)
+        ]
+        for src, dst, key in edges:
+            emit(["e", src, dst, key, {IS_DELETED: True}, []])
+
+    def _end_snapshot(self, event: Event, seen: dict[str, None], emit: _Emitter) -> None:
+        """Consistency: the source's entities missing from its snapshot are deleted."""
+        missing = [
+            vid
+            for vid, attrs in self.graph.vertices()
+            if attrs.get(DATASOURCE) == event.source
+            and vid not in seen
+            and not attrs.get(IS_DELETED)
+            and not attrs.get(IS_PLACEHOLDER)
+        ]
+        for vid in missing:
+            self._mark_deleted(vid, event.sample_timestamp, emit)
+
+    def _purge(self, emit: _Emitter) -> None:
+        """Physically remove vertices deleted longer than MIN_TIME_TO_DELETE ago (event time)."""
+        if self.clock is None:
+            return
+        for vid in self.graph.deleted_before(self.clock - self.min_time_to_delete):
+            emit(["V", vid])
+
+
+class _Emitter:
+    """Applies each change as it is made, so later decisions see earlier changes."""
+
+    __slots__ = ("changes", "graph")
+
+    def __init__(self, graph: EntityGraph, changes: list[Change]) -> None:
+        self.graph = graph
+        self.changes = changes
+
+    def __call__(self, change: Change) -> None:
+        self.graph.apply((change,))
+        self.changes.append(change)
+
+
+def _is_newer(attrs: dict[str, Any], ts: datetime) -> bool:
+    """True when the vertex holds data newer than ``ts`` (placeholders never do)."""
+    if attrs.get(IS_PLACEHOLDER):
+        return False
+    current = attrs.get(SAMPLE_TS)
+    return current is not None and parse_timestamp(current) > ts
+
+
+def _placeholder(vid: str, ref: Ref, ts: datetime) -> dict[str, Any]:
+    return {
+        VID: vid,
+        CATEGORY: category_of(ref.vtype),
+        TYPE: ref.vtype,
+        "id": ref.entity_id,
+        IS_PLACEHOLDER: True,
+        IS_DELETED: False,
+        SAMPLE_TS: format_timestamp(ts),
+    }
+
+
+__all__ = ["MalformedEvent", "Outcome", "Processor", "Status"]

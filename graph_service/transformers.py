@@ -1,0 +1,243 @@
+"""One transformer per entity type: an event in, the vertex it describes out.
+
+A transformer is pure: it reads only the event, never the graph. It returns the
+vertex's datasource-owned properties and its references to other entities; the
+processor turns that into graph changes (placeholders, edges, moves).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from graph_service.entity_graph import (
+    ALARM,
+    CATEGORY,
+    DATASOURCE,
+    IS_DELETED,
+    IS_PLACEHOLDER,
+    RESOURCE,
+    SAMPLE_TS,
+    TYPE,
+    VID,
+)
+from graph_service.states import StateNormalizer
+from rca_common.events import ALARM_TYPES, EntityType, Event, format_timestamp
+
+VERTEX_NAMESPACE = uuid.UUID("6f1c1d8e-3c0a-5b7e-9a53-2f4d7c1e8b90")
+
+CONTAINS = "contains"
+ON = "on"
+ATTACHED = "attached"
+CAUSES = "causes"
+
+OPERATIONAL_STATE = "vitrage_operational_state"
+AGGREGATED_STATE = "vitrage_aggregated_state"
+OPERATIONAL_SEVERITY = "vitrage_operational_severity"
+AGGREGATED_SEVERITY = "vitrage_aggregated_severity"
+EVALUATOR_STATE = "vitrage_state"
+RESOURCE_VID = "vitrage_resource_id"
+RESOURCE_TYPE = "vitrage_resource_type"
+
+DEFAULT_CLUSTER = "openstack.cluster"
+
+# Properties the evaluator owns: a datasource update never removes them.
+EVALUATOR_OWNED = frozenset({EVALUATOR_STATE, "is_marked_down"})
+
+
+@lru_cache(maxsize=1 << 18)
+def vertex_id(category: str, vtype: str, entity_id: str) -> str:
+    """Deterministic vertex id: uuid5 of category, type and datasource id."""
+    return str(uuid.uuid5(VERTEX_NAMESPACE, f"{category}:{vtype}:{entity_id}"))
+
+
+def category_of(entity_type: str) -> str:
+    return ALARM if entity_type in ALARM_TYPES or entity_type == EntityType.VITRAGE else RESOURCE
+
+
+class MalformedEvent(ValueError):
+    """An event the processor cannot apply; ``reason`` goes to the dead-letter queue."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference from the event's entity to another entity, and the edge it implies."""
+
+    vtype: str
+    entity_id: str
+    label: str
+    outgoing: bool  # True: entity -> ref; False: ref -> entity
+
+    @property
+    def vid(self) -> str:
+        return vertex_id(category_of(self.vtype), self.vtype, self.entity_id)
+
+
+@dataclass(slots=True)
+class Transformed:
+    """What one event says about its entity."""
+
+    vid: str
+    props: dict[str, Any]
+    refs: list[Ref] = field(default_factory=list)
+    # Edge kinds (label, outgoing, neighbour type) this entity's events define in
+    # full: an edge of such a kind that the event does not mention is removed.
+    owned: tuple[tuple[str, bool, str], ...] = ()
+    deleted: bool = False
+
+
+Transformer = Callable[[Event, StateNormalizer], Transformed]
+
+
+def _require(payload: dict[str, Any], key: str, event: Event) -> Any:
+    value = payload.get(key)
+    if value is None or value == "":
+        raise MalformedEvent(f"{event.entity_type} event {event.event_id}: payload.{key} missing")
+    return value
+
+
+def _resource(event: Event, states: StateNormalizer) -> dict[str, Any]:
+    payload = event.payload
+    etype = event.entity_type
+    op_state = states.operational(etype, payload.get("state"))
+    props: dict[str, Any] = dict(payload)
+    props.update(
+        {
+            VID: vertex_id(RESOURCE, etype, event.entity_id),
+            CATEGORY: RESOURCE,
+            TYPE: etype,
+            "id": event.entity_id,
+            "name": payload.get("name", event.entity_id),
+            "state": payload.get("state"),
+            DATASOURCE: event.source,
+            SAMPLE_TS: format_timestamp(event.sample_timestamp),
+            IS_DELETED: False,
+            IS_PLACEHOLDER: False,
+            OPERATIONAL_STATE: op_state,
+        }
+    )
+    return props
+
+
+def _simple(
+    refs_of: Callable[[Event], list[Ref]], owned: tuple[tuple[str, bool, str], ...]
+) -> Transformer:
+    def transform(event: Event, states: StateNormalizer) -> Transformed:
+        props = _resource(event, states)
+        return Transformed(props[VID], props, refs_of(event), owned)
+
+    return transform
+
+
+def _zone_refs(e: Event) -> list[Ref]:
+    return [
+        Ref(EntityType.CLUSTER.value, e.payload.get("cluster") or DEFAULT_CLUSTER, CONTAINS, False)
+    ]
+
+
+def _host_refs(e: Event) -> list[Ref]:
+    zone = e.payload.get("zone")
+    return [Ref(EntityType.ZONE.value, zone, CONTAINS, False)] if zone else []
+
+
+def _instance_refs(e: Event) -> list[Ref]:
+    host = e.payload.get("host")
+    return [Ref(EntityType.HOST.value, host, CONTAINS, False)] if host else []
+
+
+def _port_refs(e: Event) -> list[Ref]:
+    refs = []
+    if net := e.payload.get("network_id"):
+        refs.append(Ref(EntityType.NETWORK.value, net, CONTAINS, False))
+    if dev := e.payload.get("device_id"):
+        refs.append(Ref(EntityType.INSTANCE.value, dev, ATTACHED, True))
+    return refs
+
+
+def _volume_refs(e: Event) -> list[Ref]:
+    attached = e.payload.get("attached_to") or []
+    if isinstance(attached, str):
+        attached = [attached]
+    if not isinstance(attached, list):
+        raise MalformedEvent(f"cinder.volume event {e.event_id}: attached_to must be a list")
+    return [Ref(EntityType.INSTANCE.value, str(i), ATTACHED, True) for i in attached]
+
+
+def _no_refs(e: Event) -> list[Ref]:
+    return []
+
+
+def _alarm(event: Event, states: StateNormalizer) -> Transformed:
+    payload = event.payload
+    etype = event.entity_type
+    name = _require(payload, "name", event)
+    rtype = _require(payload, "resource_type", event)
+    rid = _require(payload, "resource_id", event)
+    status = str(payload.get("status", "firing")).lower()
+    if status not in ("firing", "resolved"):
+        raise MalformedEvent(f"{etype} event {event.event_id}: status must be firing or resolved")
+    severity = payload.get("severity")
+    op_sev = states.operational(etype, severity)
+    vid = vertex_id(ALARM, etype, event.entity_id)
+    rcat = category_of(rtype)
+    props: dict[str, Any] = dict(payload)
+    props.update(
+        {
+            VID: vid,
+            CATEGORY: ALARM,
+            TYPE: etype,
+            "id": event.entity_id,
+            "name": name,
+            "state": "Active" if status == "firing" else "Inactive",
+            DATASOURCE: event.source,
+            SAMPLE_TS: format_timestamp(event.sample_timestamp),
+            IS_DELETED: False,
+            IS_PLACEHOLDER: False,
+            OPERATIONAL_SEVERITY: op_sev,
+            AGGREGATED_SEVERITY: op_sev,
+            RESOURCE_VID: vertex_id(rcat, rtype, str(rid)),
+            RESOURCE_TYPE: rtype,
+        }
+    )
+    ref = Ref(rtype, str(rid), ON, True)
+    return Transformed(vid, props, [ref], ((ON, True, rtype),), deleted=status == "resolved")
+
+
+TRANSFORMERS: dict[str, Transformer] = {
+    EntityType.CLUSTER: _simple(_no_refs, ()),
+    EntityType.ZONE: _simple(_zone_refs, ((CONTAINS, False, EntityType.CLUSTER.value),)),
+    EntityType.HOST: _simple(_host_refs, ((CONTAINS, False, EntityType.ZONE.value),)),
+    EntityType.INSTANCE: _simple(_instance_refs, ((CONTAINS, False, EntityType.HOST.value),)),
+    EntityType.NETWORK: _simple(_no_refs, ()),
+    EntityType.PORT: _simple(
+        _port_refs,
+        ((CONTAINS, False, EntityType.NETWORK.value), (ATTACHED, True, EntityType.INSTANCE.value)),
+    ),
+    EntityType.VOLUME: _simple(_volume_refs, ((ATTACHED, True, EntityType.INSTANCE.value),)),
+    EntityType.ZABBIX: _alarm,
+    EntityType.PROMETHEUS: _alarm,
+    EntityType.AODH: _alarm,
+    EntityType.VITRAGE: _alarm,
+}
+
+
+def transform(event: Event, states: StateNormalizer) -> Transformed:
+    """Run the event's transformer; unknown types and bad payloads raise MalformedEvent."""
+    fn = TRANSFORMERS.get(event.entity_type)
+    if not event.entity_id:
+        raise MalformedEvent(f"event {event.event_id}: entity_id is required for {event.action}")
+    if fn is None:
+        raise MalformedEvent(f"event {event.event_id}: no transformer for {event.entity_type!r}")
+    return fn(event, states)
+
+
+def entity_vid(event: Event) -> str:
+    """The vertex id of the event's own entity (for bookkeeping, without transforming)."""
+    return vertex_id(category_of(event.entity_type), event.entity_type, event.entity_id)
