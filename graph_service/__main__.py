@@ -1,0 +1,3 @@
+from graph_service.main import main
+
+main()

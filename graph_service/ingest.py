@@ -1,0 +1,231 @@
+"""The ingest loop: collector messages in, in order, through the processor.
+
+One consumer, one ``async for`` over the events queue: order is the queue's
+order. Each message may hold many events. Every accepted event gets the next
+``seq`` and becomes a record handed to the log sink; the message is acked only
+when the sink has confirmed every record up to the message's last one
+(invariant 2). Malformed messages and events go to the dead-letter queue with
+their reason and are acked after that publish is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+from aio_pika import Message
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from graph_service.metrics import Metrics
+from graph_service.processor import Outcome, Processor
+from graph_service.transformers import MalformedEvent
+from rca_common.broker import BrokerTopology, dead_letter
+from rca_common.events import Event, MalformedMessage, decode_events
+from rca_common.logging import get_logger
+from rca_common.records import LogRecord
+
+log = get_logger(__name__)
+
+MARKER_HEADER = "x-rca-marker"
+
+
+class LogSink(Protocol):
+    """Where records go. ``confirmed_seq`` only grows; ``on_confirm`` is told when it does."""
+
+    confirmed_seq: int
+
+    def append(self, record: LogRecord) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class ImmediateSink:
+    """Persistency off: nothing is published, every record counts as confirmed at once."""
+
+    def __init__(self, on_confirm: Callable[[int], None]) -> None:
+        self.confirmed_seq = 0
+        self._on_confirm = on_confirm
+
+    def append(self, record: LogRecord) -> None:
+        self.confirmed_seq = record.seq
+        self._on_confirm(record.seq)
+
+    async def flush(self) -> None:
+        return None
+
+
+class AckTracker:
+    """Acks collector messages once every record they produced is confirmed.
+
+    Messages are registered in delivery order with the seq of their last record;
+    a confirm up to ``seq`` acks, with ``multiple=True``, the newest message whose
+    records are all confirmed.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[int, AbstractIncomingMessage]] = deque()
+        self._confirmed = 0
+        self.acked = 0
+
+    def add(self, message: AbstractIncomingMessage, last_seq: int) -> None:
+        self._pending.append((last_seq, message))
+        if last_seq <= self._confirmed:
+            self.confirmed(self._confirmed)
+
+    def confirmed(self, seq: int) -> None:
+        self._confirmed = max(self._confirmed, seq)
+        last: AbstractIncomingMessage | None = None
+        while self._pending and self._pending[0][0] <= self._confirmed:
+            last = self._pending.popleft()[1]
+            self.acked += 1
+        if last is not None:
+            task = asyncio.ensure_future(last.ack(multiple=True))
+            task.add_done_callback(_log_ack_failure)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def _log_ack_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ack failed", error=repr(task.exception()))
+
+
+class Ingest:
+    """Drives the processor from the events queue and hands records to the sink."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        channel: AbstractChannel,
+        topology: BrokerTopology,
+        metrics: Metrics,
+        epoch: int = 0,
+        last_seq: int = 0,
+    ) -> None:
+        self.processor = processor
+        self.channel = channel
+        self.topology = topology
+        self.metrics = metrics
+        self.epoch = epoch
+        self.seq = last_seq
+        self.tracker = AckTracker()
+        self.sink: LogSink = ImmediateSink(self.tracker.confirmed)
+        self.on_outcome: Callable[[Outcome], None] | None = None  # the evaluator's hook
+        self.last_event_at: float | None = None
+        self.last_sample_ts: str | None = None
+        self.end_snapshots: dict[str, int] = {}
+        self._markers: dict[str, asyncio.Future[None]] = {}
+        self._consumer: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # ---------------------------------------------------------------- running
+    def start(self, queue: AbstractQueue) -> None:
+        self._consumer = asyncio.create_task(self._consume(queue), name="ingest")
+
+    async def _consume(self, queue: AbstractQueue) -> None:
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await self.handle(message)
+                if self._stopping.is_set():
+                    break
+
+    async def stop(self, timeout: float) -> None:
+        """Stage one: stop taking messages; stage two: wait for confirms, bounded."""
+        self._stopping.set()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.sink.flush()), timeout)
+        except TimeoutError:
+            log.warning(
+                "shutdown: records still unconfirmed",
+                unconfirmed=self.seq - self.sink.confirmed_seq,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self._consumer is not None and not self._consumer.done()
+
+    # ---------------------------------------------------------------- markers
+    async def drain(self, timeout: float) -> None:
+        """Wait until everything queued before now has been processed.
+
+        Publishes a marker message into the events queue and waits for the
+        consumer to reach it: the queue is FIFO, so every message ahead of the
+        marker has been handled. No polling of queue depths.
+        """
+        token = uuid.uuid4().hex
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._markers[token] = fut
+        await self.channel.default_exchange.publish(
+            Message(b"[]", headers={MARKER_HEADER: token}),
+            routing_key=self.topology.events_queue.name,
+        )
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._markers.pop(token, None)
+
+    # ---------------------------------------------------------------- messages
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        token = headers.get(MARKER_HEADER)
+        if token is not None:
+            self.tracker.add(message, self.seq)
+            fut = self._markers.get(str(token))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        started = time.perf_counter()
+        try:
+            events = decode_events(message.body)
+        except MalformedMessage as exc:
+            await self._dead_letter(message.body, exc.reason)
+            self.tracker.add(message, self.seq)
+            return
+        for event in events:
+            try:
+                outcome = self.processor.process(event)
+            except MalformedEvent as exc:
+                await self._dead_letter(orjson.dumps(event.to_wire()), exc.reason)
+                continue
+            self._accept(outcome)
+        self.tracker.add(message, self.seq)
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
+
+    def _accept(self, outcome: Outcome) -> None:
+        event = outcome.event
+        self.metrics.events.labels(event.entity_type, outcome.status.value).inc()
+        if not outcome.logged:
+            return
+        self.seq += 1
+        now = time.time()
+        self.last_event_at = now
+        self.last_sample_ts = event.sample_timestamp.isoformat()
+        self.metrics.lag.set(max(0.0, now - event.sample_timestamp.timestamp()))
+        if event.action == "end_snapshot":
+            self.end_snapshots[event.source] = self.end_snapshots.get(event.source, 0) + 1
+        self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def process_local(self, event: Event) -> Outcome:
+        """Apply an event made inside the service (evaluator actions): sequenced like any other."""
+        outcome = self.processor.process(event)
+        self._accept(outcome)
+        return outcome
+
+    async def _dead_letter(self, body: bytes, reason: str) -> None:
+        self.metrics.dead_lettered.inc()
+        log.warning("dead-lettered", reason=reason, queue=self.topology.dead_letter_queue.name)
+        await dead_letter(
+            self.channel, self.topology, body, reason, self.topology.events_queue.name
+        )
