@@ -7,6 +7,7 @@ stops startup with one line naming the variable.
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 from enum import StrEnum
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -98,6 +99,51 @@ class Settings(BaseSettings):
     reconcile_after_takeover: bool = _doc(
         "Run a background get_all after a takeover from a snapshot.", True
     )
+    log_batch_max: Annotated[int, Field(gt=0)] = _doc(
+        "Records per processed-event message at most (batching on the wire).", 500
+    )
+    log_batch_delay: Annotated[float, Field(ge=0)] = _doc(
+        "Seconds a partial batch of records may wait before it is published.", 0.005
+    )
+    log_max_unconfirmed: Annotated[int, Field(gt=0)] = _doc(
+        "Published but unconfirmed records at most before processing waits (backpressure).",
+        50_000,
+    )
+    leader_check_interval: Annotated[float, Field(gt=0)] = _doc(
+        "Seconds between checks of the leader-lock connection.", 0.5
+    )
+    leader_fence_timeout: Annotated[float, Field(gt=0)] = _doc(
+        "Seconds without a successful lock check after which the active fences itself;"
+        " must be shorter than the time PostgreSQL needs to drop a dead lock connection.",
+        3.0,
+    )
+    lock_keepalives_idle: Annotated[int, Field(gt=0)] = _doc(
+        "TCP keepalive idle seconds on the lock connection (both ends).", 2
+    )
+    lock_keepalives_interval: Annotated[int, Field(gt=0)] = _doc(
+        "TCP keepalive probe interval in seconds on the lock connection.", 1
+    )
+    lock_keepalives_count: Annotated[int, Field(gt=0)] = _doc(
+        "Unanswered keepalive probes before the lock connection is dropped.", 3
+    )
+    lock_tcp_user_timeout: Annotated[int, Field(ge=0)] = _doc(
+        "Milliseconds unacknowledged data may wait before the lock connection is dropped.",
+        5000,
+    )
+
+    # --- persistor
+    persistor_batch_max: Annotated[int, Field(gt=0)] = _doc(
+        "Records the persistor writes per transaction at most.", 5000
+    )
+    persistor_prefetch: Annotated[int, Field(gt=0)] = _doc(
+        "Unacknowledged messages the persistor may hold.", 64
+    )
+    persistor_http_port: Annotated[int, Field(ge=0, le=65535)] = _doc(
+        "Port of the persistor's health and metrics endpoint (0: none).", 8998
+    )
+    prune_interval: Annotated[float, Field(gt=0)] = _doc(
+        "Seconds between prunes of snapshots and events no kept snapshot needs.", 60.0
+    )
 
     # --- collector stub
     collector_seed: int = _doc("Seed of the collector's topology and update stream.", 42)
@@ -122,6 +168,13 @@ class Settings(BaseSettings):
     # --- logging
     log_level: str = _doc("Log level (debug, info, warning, error).", "info")
     log_format: str = _doc("`json` (one JSON object a line) or `console`.", "json")
+
+    @field_validator("db_schema")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", value):
+            raise ValueError("use lower-case letters, digits and _ (at most 63)")
+        return value
 
     def masked_amqp_url(self) -> str:
         return mask_url(self.amqp_url)
