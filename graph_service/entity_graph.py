@@ -150,9 +150,30 @@ class EntityGraph:
     def _track_deleted(self, vid: str, attrs: Props) -> None:
         if attrs.get(IS_DELETED):
             if vid not in self._deleted:
-                self._deleted[vid] = parse_timestamp(attrs[SAMPLE_TS])
+                self._index_deleted(vid, parse_timestamp(attrs[SAMPLE_TS]))
         elif vid in self._deleted:
             del self._deleted[vid]
+
+    def _index_deleted(self, vid: str, when: datetime) -> None:
+        """Insert into the purge queue keeping it ordered by deletion time.
+
+        Event times are not monotonic across sources, so a deletion can be older
+        than the last one queued; appending it would hide it from
+        :meth:`deleted_before` (which stops at the first later entry) until every
+        entry ahead of it had expired. Only the (usually short) tail of later
+        entries is moved; ties keep the order in which deletions happened.
+        """
+        deleted = self._deleted
+        tail: list[tuple[str, datetime]] = []
+        while deleted:
+            last_vid, last_when = deleted.popitem()
+            if last_when <= when:
+                deleted[last_vid] = last_when
+                break
+            tail.append((last_vid, last_when))
+        deleted[vid] = when
+        for last_vid, last_when in reversed(tail):
+            deleted[last_vid] = last_when
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:

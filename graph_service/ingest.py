@@ -41,7 +41,11 @@ class LogSink(Protocol):
 
     def append(self, record: LogRecord) -> None: ...
 
+    async def wait_for_room(self) -> None: ...
+
     async def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class ImmediateSink:
@@ -55,7 +59,13 @@ class ImmediateSink:
         self.confirmed_seq = record.seq
         self._on_confirm(record.seq)
 
+    async def wait_for_room(self) -> None:
+        return None
+
     async def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -116,7 +126,10 @@ class Ingest:
         self.epoch = epoch
         self.seq = last_seq
         self.tracker = AckTracker()
-        self.sink: LogSink = ImmediateSink(self.tracker.confirmed)
+        self.tracker.confirmed(last_seq)
+        self.sink: LogSink = ImmediateSink(self.on_confirm)
+        self._confirm_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.drained_events = 0  # events handled since the consumer started
         self.on_outcome: Callable[[Outcome], None] | None = None  # the evaluator's hook
         self.last_event_at: float | None = None
         self.last_sample_ts: str | None = None
@@ -136,6 +149,13 @@ class Ingest:
                 if self._stopping.is_set():
                     break
 
+    def halt(self) -> None:
+        """Self-fencing: stop at once; nothing more is processed, published or acked."""
+        self._stopping.set()
+        self.sink.close()
+        if self._consumer is not None:
+            self._consumer.cancel()
+
     async def stop(self, timeout: float) -> None:
         """Stage one: stop taking messages; stage two: wait for confirms, bounded."""
         self._stopping.set()
@@ -153,6 +173,28 @@ class Ingest:
     @property
     def running(self) -> bool:
         return self._consumer is not None and not self._consumer.done()
+
+    # ---------------------------------------------------------------- confirms
+    def on_confirm(self, seq: int) -> None:
+        """The sink confirmed every record up to ``seq``: ack and wake waiters."""
+        self.tracker.confirmed(seq)
+        if self._confirm_waiters:
+            still = []
+            for want, fut in self._confirm_waiters:
+                if want <= seq:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((want, fut))
+            self._confirm_waiters = still
+
+    async def wait_confirmed(self, seq: int) -> None:
+        """Until every record up to ``seq`` is confirmed (snapshots wait for this)."""
+        if self.sink.confirmed_seq >= seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm_waiters.append((seq, fut))
+        await fut
 
     # ---------------------------------------------------------------- markers
     async def drain(self, timeout: float) -> None:
@@ -176,6 +218,7 @@ class Ingest:
 
     # ---------------------------------------------------------------- messages
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        await self.sink.wait_for_room()
         headers = message.headers or {}
         token = headers.get(MARKER_HEADER)
         if token is not None:
@@ -204,6 +247,7 @@ class Ingest:
     def _accept(self, outcome: Outcome) -> None:
         event = outcome.event
         self.metrics.events.labels(event.entity_type, outcome.status.value).inc()
+        self.drained_events += 1
         if not outcome.logged:
             return
         self.seq += 1

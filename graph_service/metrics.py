@@ -43,4 +43,10 @@ class Metrics:
         self.last_seq = Gauge(
             "rca_last_seq", "Sequence number of the last processed event.", registry=r
         )
+        self.snapshot_pause = Histogram(
+            "rca_snapshot_pause_seconds",
+            "Time the event loop stood still to take a snapshot (the fork).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.active = Gauge("rca_active", "1 when this instance is the active one.", registry=r)

@@ -63,6 +63,29 @@ class Outcome:
         return self.status is not Status.DUPLICATE
 
 
+@dataclass(slots=True, frozen=True)
+class EventKey:
+    """The fields of an event that bookkeeping reads: all replay needs of a record."""
+
+    event_id: str
+    source: str
+    entity_type: str
+    entity_id: str
+    action: Action
+    sample_timestamp: datetime
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> EventKey:
+        return cls(
+            data["event_id"],
+            data["source"],
+            data["entity_type"],
+            data.get("entity_id", ""),
+            Action(data["action"]),
+            parse_timestamp(data["sample_timestamp"]),
+        )
+
+
 class RecentIds:
     """The last N event ids, in arrival order (deterministic when pickled)."""
 
@@ -135,6 +158,37 @@ class Processor:
         self.graph.apply(changes)
         self._observe(event)
 
+    def replay_wire(self, event: dict[str, Any], changes: Iterable[Sequence[Any]]) -> None:
+        """:meth:`replay` for a logged record, without building a pydantic Event."""
+        self.graph.apply(changes)
+        self._observe(EventKey.from_wire(event))  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- snapshots
+    def export_state(self) -> dict[str, Any]:
+        """Everything replay must continue from, as plain builtins and datetimes.
+
+        The snapshot codec pickles this; keeping it free of project classes keeps
+        the restricted unpickler's allow-list short.
+        """
+        return {
+            "graph": self.graph.__getstate__(),
+            "recent": list(self.recent._order),
+            "recent_capacity": self.recent.capacity,
+            "clock": self.clock,
+            "round": self._round,
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`export_state` (replaces this processor's state)."""
+        graph = EntityGraph.__new__(EntityGraph)
+        graph.__setstate__(state["graph"])
+        self.graph = graph
+        self.recent = RecentIds(self.recent.capacity)
+        for event_id in state["recent"]:
+            self.recent.add(event_id)
+        self.clock = state["clock"]
+        self._round = state["round"]
+
     # ------------------------------------------------------------- bookkeeping
     def _observe(self, event: Event) -> dict[str, None] | None:
         """Record the event id, advance the clock, track the snapshot round.
@@ -163,7 +217,7 @@ class Processor:
         if old is None:
             emit(["v", vid, props, []])
             return
-        changed = {k: v for k, v in props.items() if k not in old or old[k] != v}
+        changed = {k: v for k, v in props.items() if k not in old or not _same(old[k], v)}
         removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
         if changed or removed:
             emit(["v", vid, changed, removed])
@@ -172,7 +226,7 @@ class Processor:
         self,
         vid: str,
         refs: list[Ref],
-        owned: tuple[tuple[str, bool, str], ...],
+        owned: tuple[tuple[str, bool, str | None], ...],
         ts: datetime,
         emit: _Emitter,
     ) -> None:
@@ -207,7 +261,9 @@ class Processor:
                 if label not in keyed:
                     continue
                 edge_id = (vid, other, label) if outgoing else (other, vid, label)
-                if edge_id not in wanted and g.vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
+                if edge_id in wanted:
+                    continue
+                if ntype is None or g.vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
                     stale.append(edge_id)
         for src, dst, key in stale:  # a move: the old edge goes
             emit(["E", src, dst, key])
@@ -256,6 +312,18 @@ class _Emitter:
     def __call__(self, change: Change) -> None:
         self.graph.apply((change,))
         self.changes.append(change)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same JSON type: ``1``, ``1.0`` and ``True`` are equal in Python
+    but are different property values (a change from one to another must be applied)."""
+    if type(a) is not type(b):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same, a, b))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    return bool(a == b)
 
 
 def _is_newer(attrs: dict[str, Any], ts: datetime) -> bool:

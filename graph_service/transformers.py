@@ -89,7 +89,8 @@ class Transformed:
     refs: list[Ref] = field(default_factory=list)
     # Edge kinds (label, outgoing, neighbour type) this entity's events define in
     # full: an edge of such a kind that the event does not mention is removed.
-    owned: tuple[tuple[str, bool, str], ...] = ()
+    # A neighbour type of None means any type (an alarm's one resource).
+    owned: tuple[tuple[str, bool, str | None], ...] = ()
     deleted: bool = False
 
 
@@ -101,6 +102,19 @@ def _require(payload: dict[str, Any], key: str, event: Event) -> Any:
     if value is None or value == "":
         raise MalformedEvent(f"{event.entity_type} event {event.event_id}: payload.{key} missing")
     return value
+
+
+def _ref_id(event: Event, key: str, value: Any) -> str:
+    """A reference to another entity: its datasource id, which must be a string or
+    an integer (checked here, before the processor changes any state)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise MalformedEvent(
+        f"{event.entity_type} event {event.event_id}: payload.{key} must be a non-empty "
+        f"entity id, not {value!r}"[:300]
+    )
 
 
 def _resource(event: Event, states: StateNormalizer) -> dict[str, Any]:
@@ -137,27 +151,26 @@ def _simple(
 
 
 def _zone_refs(e: Event) -> list[Ref]:
-    return [
-        Ref(EntityType.CLUSTER.value, e.payload.get("cluster") or DEFAULT_CLUSTER, CONTAINS, False)
-    ]
+    cluster = _ref_id(e, "cluster", e.payload.get("cluster") or DEFAULT_CLUSTER)
+    return [Ref(EntityType.CLUSTER.value, cluster, CONTAINS, False)]
 
 
 def _host_refs(e: Event) -> list[Ref]:
     zone = e.payload.get("zone")
-    return [Ref(EntityType.ZONE.value, zone, CONTAINS, False)] if zone else []
+    return [Ref(EntityType.ZONE.value, _ref_id(e, "zone", zone), CONTAINS, False)] if zone else []
 
 
 def _instance_refs(e: Event) -> list[Ref]:
     host = e.payload.get("host")
-    return [Ref(EntityType.HOST.value, host, CONTAINS, False)] if host else []
+    return [Ref(EntityType.HOST.value, _ref_id(e, "host", host), CONTAINS, False)] if host else []
 
 
 def _port_refs(e: Event) -> list[Ref]:
     refs = []
     if net := e.payload.get("network_id"):
-        refs.append(Ref(EntityType.NETWORK.value, net, CONTAINS, False))
+        refs.append(Ref(EntityType.NETWORK.value, _ref_id(e, "network_id", net), CONTAINS, False))
     if dev := e.payload.get("device_id"):
-        refs.append(Ref(EntityType.INSTANCE.value, dev, ATTACHED, True))
+        refs.append(Ref(EntityType.INSTANCE.value, _ref_id(e, "device_id", dev), ATTACHED, True))
     return refs
 
 
@@ -167,7 +180,10 @@ def _volume_refs(e: Event) -> list[Ref]:
         attached = [attached]
     if not isinstance(attached, list):
         raise MalformedEvent(f"cinder.volume event {e.event_id}: attached_to must be a list")
-    return [Ref(EntityType.INSTANCE.value, str(i), ATTACHED, True) for i in attached]
+    return [
+        Ref(EntityType.INSTANCE.value, _ref_id(e, "attached_to", i), ATTACHED, True)
+        for i in attached
+    ]
 
 
 def _no_refs(e: Event) -> list[Ref]:
@@ -179,7 +195,11 @@ def _alarm(event: Event, states: StateNormalizer) -> Transformed:
     etype = event.entity_type
     name = _require(payload, "name", event)
     rtype = _require(payload, "resource_type", event)
-    rid = _require(payload, "resource_id", event)
+    if not isinstance(rtype, str):
+        raise MalformedEvent(
+            f"{etype} event {event.event_id}: payload.resource_type must be a string"
+        )
+    rid = _ref_id(event, "resource_id", _require(payload, "resource_id", event))
     status = str(payload.get("status", "firing")).lower()
     if status not in ("firing", "resolved"):
         raise MalformedEvent(f"{etype} event {event.event_id}: status must be firing or resolved")
@@ -202,12 +222,14 @@ def _alarm(event: Event, states: StateNormalizer) -> Transformed:
             IS_PLACEHOLDER: False,
             OPERATIONAL_SEVERITY: op_sev,
             AGGREGATED_SEVERITY: op_sev,
-            RESOURCE_VID: vertex_id(rcat, rtype, str(rid)),
+            RESOURCE_VID: vertex_id(rcat, rtype, rid),
             RESOURCE_TYPE: rtype,
         }
     )
-    ref = Ref(rtype, str(rid), ON, True)
-    return Transformed(vid, props, [ref], ((ON, True, rtype),), deleted=status == "resolved")
+    ref = Ref(rtype, rid, ON, True)
+    # The alarm owns its "on" edge whatever the resource type: an alarm moved to a
+    # resource of another type must not keep the old edge.
+    return Transformed(vid, props, [ref], ((ON, True, None),), deleted=status == "resolved")
 
 
 TRANSFORMERS: dict[str, Transformer] = {

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import httpx
 import pytest
 
+from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
 from rca_common.settings import Settings, load_settings
 
@@ -129,12 +131,23 @@ class Processes:
 
 
 @pytest.fixture
-def processes(tmp_path: Path, test_env: dict[str, str]) -> Iterator[Processes]:
+async def processes(tmp_path: Path, test_env: dict[str, str]) -> AsyncIterator[Processes]:
+    """Real processes of the project; stopped, and their DB schema dropped, afterwards."""
     procs = Processes(tmp_path, test_env)
     try:
         yield procs
     finally:
         procs.stop_all()
+        await drop_test_schema(test_env)
+
+
+async def drop_test_schema(env: dict[str, str]) -> None:
+    settings = settings_from(env)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await db.drop_schema(conn, settings.db_schema)
+    finally:
+        await conn.close()
 
 
 async def wait_http(

@@ -37,7 +37,9 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, queue: str, body: byte
 async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(
     processes: Processes, broker: aio_pika.abc.AbstractChannel, test_env: dict[str, str]
 ) -> None:
-    graph = processes.start("graph-service", http=True, GET_ALL_TIMEOUT="0.5")
+    graph = processes.start(
+        "graph-service", http=True, GET_ALL_TIMEOUT="0.5", ENABLE_PERSISTENCY="false"
+    )
     await wait_http(graph, "/readyz")
     queue = test_env["EVENTS_QUEUE"]
     await _publish(broker, queue, b"this is not json")
@@ -72,7 +74,9 @@ async def test_malformed_messages_are_dead_lettered_and_service_keeps_going(
 async def test_sigterm_stops_cleanly(
     processes: Processes, broker: aio_pika.abc.AbstractChannel
 ) -> None:
-    graph = processes.start("graph-service", http=True, GET_ALL_TIMEOUT="0.5")
+    graph = processes.start(
+        "graph-service", http=True, GET_ALL_TIMEOUT="0.5", ENABLE_PERSISTENCY="false"
+    )
     await wait_http(graph, "/readyz")
     assert processes.stop(graph) == 0
     assert '"phase": "stopped"' in graph.log() or '"phase":"stopped"' in graph.log()

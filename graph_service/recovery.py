@@ -1,0 +1,163 @@
+"""Recovery: from the snapshot and the log when possible, from the collectors when not.
+
+The order is the design's invariant 6: barrier → newest usable snapshot →
+replay ``seq > snapshot_seq`` in order → (the service then drains the live
+queue and enables evaluators). Every step that can fail says why, in the log
+and in ``/status``, and falls back to the fresh start (``get_all``) rather than
+hang or serve a graph it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from graph_service.processor import Processor
+from rca_common import db
+from rca_common.logging import get_logger
+
+log = get_logger(__name__)
+
+REPLAY_CHUNK = 5000
+PROGRESS_EVERY = 2.0
+
+
+class ReplayGap(RuntimeError):
+    """The log has a hole after the snapshot: replay cannot rebuild the graph exactly."""
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery did, for ``/status`` and the failover drill."""
+
+    mode: str = "fresh"  # "snapshot" or "fresh"
+    reason: str | None = None  # why fresh, when it is
+    barrier_max_seq: int | None = None
+    barrier_wait_s: float | None = None
+    snapshot_id: int | None = None
+    snapshot_seq: int | None = None
+    snapshot_epoch: int | None = None
+    snapshot_age_s: float | None = None
+    snapshot_load_s: float | None = None
+    replayed: int = 0
+    replay_skipped_stale: int = 0
+    replay_s: float | None = None
+    replay_rate: float | None = None
+    drained_events: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra" and v is not None}
+        out.update(self.extra)
+        return out
+
+
+async def wait_for_barrier(
+    conn: asyncpg.Connection,
+    schema: str,
+    epoch: int,
+    publish: Callable[[], Awaitable[None]],
+    timeout: float,
+) -> int | None:
+    """Publish ``barrier(epoch)`` and wait for the persistor's NOTIFY that it committed.
+
+    Returns the log's last seq at the barrier, or None when the persistor did not
+    answer within ``timeout``. LISTEN comes first and the barriers table is read
+    once after publishing, so a NOTIFY sent before we listened is not missed.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+    channel = db.barrier_channel(schema)
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        data = orjson.loads(payload)
+        if data.get("epoch") == epoch and not fut.done():
+            fut.set_result(int(data["max_seq"]))
+
+    await conn.add_listener(channel, on_notify)
+    try:
+        await publish()
+        row = await conn.fetchrow("SELECT max_seq FROM barriers WHERE epoch = $1", epoch)
+        if row is not None:
+            return int(row["max_seq"])
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+    finally:
+        await conn.remove_listener(channel, on_notify)
+
+
+async def replay_log(
+    conn: asyncpg.Connection,
+    processor: Processor,
+    after_seq: int,
+    upto_seq: int,
+    snapshot_epoch: int,
+    report: RecoveryReport,
+) -> int:
+    """Apply the logged changes of ``after_seq < seq <= upto_seq`` in order.
+
+    Returns the last seq applied: the new leader continues from there. Records of
+    an epoch older than the snapshot's are a dead leader's seqs that a newer
+    leader reused after a fresh start: they are not part of this history and are
+    skipped (the new leader's records will overwrite them). A hole inside the
+    history raises :class:`ReplayGap`.
+    """
+    total = upto_seq - after_seq
+    started = last_log = time.monotonic()
+    expected = after_seq + 1
+    done = 0
+    log.info("replay started", after_seq=after_seq, upto_seq=upto_seq, records=total)
+    cursor_from = after_seq
+    while cursor_from < upto_seq:
+        rows = await conn.fetch(
+            "SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2"
+            " ORDER BY seq LIMIT $3",
+            cursor_from,
+            upto_seq,
+            REPLAY_CHUNK,
+        )
+        if not rows:
+            break
+        for seq, epoch, record in rows:
+            if epoch < snapshot_epoch:
+                report.replay_skipped_stale += 1
+                continue
+            if seq != expected:
+                raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
+            data = orjson.loads(record)
+            processor.replay_wire(data["event"], data["changes"])
+            expected = seq + 1
+            done += 1
+        cursor_from = rows[-1][0]
+        now = time.monotonic()
+        if now - last_log >= PROGRESS_EVERY:
+            rate = done / (now - started)
+            remaining = upto_seq - cursor_from
+            log.info(
+                "replay progress",
+                replayed=done,
+                remaining=remaining,
+                rate_per_s=round(rate),
+                eta_s=round(remaining / rate, 1) if rate else None,
+            )
+            last_log = now
+        await asyncio.sleep(0)  # let the watchdog and the HTTP API run
+    elapsed = time.monotonic() - started
+    report.replayed = done
+    report.replay_s = round(elapsed, 6)
+    report.replay_rate = round(done / elapsed) if elapsed > 0 and done else None
+    log.info("replay done", replayed=done, seconds=round(elapsed, 3), rate=report.replay_rate)
+    return expected - 1
+
+
+async def log_end(conn: asyncpg.Connection) -> int:
+    """The largest seq in the log (0 when empty): the seq base when no barrier answered."""
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))

@@ -1,0 +1,89 @@
+"""When the active takes snapshots: every SNAPSHOT_INTERVAL and after every get_all.
+
+The snapshot is the state at one record boundary (``snapshot_seq``): the fork
+happens synchronously between two messages. It is stored only once every record
+up to that seq is confirmed by the broker, and only while our epoch is still
+the newest (checked in the insert's transaction); a stale epoch fences us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from graph_service.snapshots import SnapshotError, SnapshotStore, StaleEpoch, take_snapshot
+from rca_common.logging import get_logger
+
+if TYPE_CHECKING:
+    from graph_service.service import GraphService
+
+log = get_logger(__name__)
+
+
+class SnapshotSchedule:
+    def __init__(self, service: GraphService) -> None:
+        self.svc = service
+        self._now = asyncio.Event()
+        self.taken = 0
+
+    def request(self) -> None:
+        """Take one as soon as possible (after a get_all)."""
+        self._now.set()
+
+    async def run(self, first_now: bool) -> None:
+        if first_now:
+            self._now.set()
+        interval = self.svc.settings.snapshot_interval
+        while not self.svc.stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._now.wait(), interval)
+            self._now.clear()
+            if self.svc.stopped.is_set():
+                return
+            await self.take_one()
+
+    async def take_one(self) -> int | None:
+        """Take, wait for the records it covers to be confirmed, store. Returns the id."""
+        svc = self.svc
+        ingest, epoch, pool = svc.ingest, svc.epoch, svc.pool
+        assert ingest is not None and epoch is not None and pool is not None
+        processor = svc.processor
+        seq = ingest.seq
+        key = svc.settings.snapshot_hmac_key
+        log.info("snapshot started", snapshot_seq=seq, vertices=len(processor.graph))
+        try:
+            taken = await take_snapshot(
+                lambda: {"processor": processor.export_state()},
+                key.encode() if key else None,
+                meta={"epoch": epoch, "snapshot_seq": seq, "created_at": time.time()},
+            )
+            await ingest.wait_confirmed(seq)
+            snapshot_id = await SnapshotStore(pool).insert(taken.encoded, epoch, seq)
+        except StaleEpoch as exc:
+            svc.fence(f"snapshot refused: {exc}")
+            return None
+        except (SnapshotError, OSError) as exc:
+            log.error("snapshot failed", error=repr(exc), snapshot_seq=seq)
+            svc.snapshot_state = {"state": "failed", "error": repr(exc), "at": time.time()}
+            return None
+        self.taken += 1
+        svc.snapshot_state = _taken_state(snapshot_id, seq, taken)
+        svc.metrics.snapshot_pause.observe(taken.pause_s)
+        log.info("snapshot done", **svc.snapshot_state)
+        return snapshot_id
+
+
+def _taken_state(snapshot_id: int, seq: int, taken: Any) -> dict[str, Any]:
+    return {
+        "state": "stored",
+        "snapshot_id": snapshot_id,
+        "snapshot_seq": seq,
+        "mode": taken.mode,
+        "pause_ms": round(taken.pause_s * 1000, 3),
+        "duration_s": round(taken.duration_s, 3),
+        "size_bytes": taken.encoded.size,
+        "raw_size_bytes": taken.encoded.raw_size,
+        "at": time.time(),
+    }

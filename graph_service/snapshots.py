@@ -1,0 +1,601 @@
+"""Taking, storing and loading snapshots: the I/O edge of :mod:`snapshot_codec`.
+
+Taking one (Redis BGSAVE style): the event loop forks; the child pickles and
+compresses the state *as it was at the fork*, writes it to an anonymous file and
+``os._exit``\\ s; the parent returns to its loop at once and awaits the child's
+exit through a pidfd. The loop's pause is the fork itself (page tables, a few
+ms per GB), whatever the graph size. Copy-on-write costs memory instead: the
+child touches every object's reference count, so up to the graph's size is
+copied while it runs. ``gc.freeze()`` keeps the parent's collector from
+writing to the old objects (and copying their pages) until the child is done.
+
+The child keeps only the result file and stdio: every inherited socket (the
+leader-lock connection above all) is closed in the child, so a parent killed
+mid-snapshot frees its lock and connections at once, not when the child ends.
+
+Storing one checks, in the same transaction, that its epoch is still the newest
+in ``leader_epochs`` (a deposed leader must not write). Loading tries the
+newest snapshot first and falls back to older ones, logging why each one that
+cannot be used was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import asyncpg
+
+from graph_service.snapshot_codec import (
+    FORMAT_VERSION,
+    EncodedSnapshot,
+    SnapshotError,
+    SnapshotRejected,
+    decode_payload,
+    dump,
+    encode,
+    seal,
+)
+from rca_common.logging import get_logger
+
+log = get_logger(__name__)
+
+FORK_AVAILABLE = hasattr(os, "fork")
+READ_CHUNK = 8 << 20  # the parent reads the child's result in slices, yielding between them
+INSERT_LOCK_TIMEOUT_S = 5.0
+
+_RESULT = struct.Struct(">4sQQH")  # magic, raw size, blob size, hmac size
+_RESULT_MAGIC = b"RCAR"
+_ERROR_MAGIC = b"RCAE"
+_EXIT_FAILED = 70  # EX_SOFTWARE
+_PR_SET_PDEATHSIG = 1
+
+StateFn = Callable[[], dict[str, Any]]
+
+
+class SnapshotChildFailed(SnapshotError):
+    """The forked child did not produce a snapshot (exception, non-zero exit, signal)."""
+
+
+class StaleEpoch(SnapshotError):
+    """The writer's epoch is no longer the newest: it lost leadership and must not write."""
+
+    def __init__(self, epoch: int, newest: int | None) -> None:
+        super().__init__(
+            f"snapshot of epoch {epoch} refused: the newest leader epoch is {newest}"
+            " (this process is no longer the leader)"
+        )
+        self.epoch = epoch
+        self.newest = newest
+
+
+class ConsistencyError(SnapshotError):
+    """A stored snapshot claims a seq beyond the end of the event log."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakenSnapshot:
+    encoded: EncodedSnapshot
+    mode: str  # "fork" or "inline"
+    pause_s: float  # time the event loop was blocked by the snapshot
+    duration_s: float  # start to result in hand
+    child_pid: int | None = None
+
+
+# ------------------------------------------------------------------ take one
+async def take_snapshot(
+    state_fn: StateFn,
+    hmac_key: bytes | None,
+    *,
+    fork: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> TakenSnapshot:
+    """Encode ``state_fn()`` in a forked child when ``fork`` (and the platform allows)."""
+    if fork and FORK_AVAILABLE:
+        return await take_snapshot_in_child(state_fn, hmac_key, meta=meta)
+    return await take_snapshot_inline(state_fn, hmac_key, meta=meta)
+
+
+async def take_snapshot_inline(
+    state_fn: StateFn, hmac_key: bytes | None, *, meta: dict[str, Any] | None = None
+) -> TakenSnapshot:
+    """The no-fork fallback: pickle on the loop (the consistent point), then compress
+    and sign in a worker thread (zlib and hashlib release the GIL)."""
+    t0 = time.perf_counter()
+    raw = dump(state_fn(), meta)
+    pause = time.perf_counter() - t0
+    encoded = await asyncio.to_thread(seal, raw, hmac_key)
+    return TakenSnapshot(encoded, "inline", pause, time.perf_counter() - t0)
+
+
+# Forked children still running: the parent's objects stay frozen until the last ends.
+_children_running = 0
+
+
+async def take_snapshot_in_child(
+    state_fn: StateFn, hmac_key: bytes | None, *, meta: dict[str, Any] | None = None
+) -> TakenSnapshot:
+    """Fork; the child encodes ``state_fn()`` as of the fork. Raises SnapshotChildFailed.
+
+    ``state_fn`` runs in the child only: it must not touch the event loop.
+    Cancelling the await kills the child.
+    """
+    global _children_running
+    if not FORK_AVAILABLE:
+        raise SnapshotError("os.fork is not available on this platform")
+    t0 = time.perf_counter()
+    fd = _anonymous_file()
+    try:
+        parent = os.getpid()
+        gc.freeze()
+        _children_running += 1
+        try:
+            pid = _fork()
+        except BaseException:
+            _children_running -= 1
+            _maybe_unfreeze()
+            raise
+        if pid == 0:  # pragma: no cover - the child; coverage cannot see it
+            _child_main(fd, parent, state_fn, hmac_key, meta)
+        pause = time.perf_counter() - t0
+        try:
+            status = await _wait_child(pid)
+            encoded = await _read_result(fd, pid, status)
+        finally:
+            _children_running -= 1
+            _maybe_unfreeze()
+    finally:
+        os.close(fd)
+    return TakenSnapshot(encoded, "fork", pause, time.perf_counter() - t0, pid)
+
+
+def _maybe_unfreeze() -> None:
+    if _children_running == 0:
+        gc.unfreeze()
+
+
+def _anonymous_file() -> int:
+    """A file with no name to clean up: a memfd, or a temp file unlinked at once."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("rca-snapshot", getattr(os, "MFD_CLOEXEC", 0))
+    fd, path = tempfile.mkstemp(prefix="rca-snapshot-")
+    os.unlink(path)
+    return fd
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a multi-threaded process: the child
+        # here only pickles, compresses and writes, taking no lock another
+        # thread could hold (the codec's gc lock is reset by an at-fork hook).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _child_main(
+    fd: int, parent: int, state_fn: StateFn, hmac_key: bytes | None, meta: dict[str, Any] | None
+) -> NoReturn:  # pragma: no cover - runs in the forked child
+    """Never returns, never runs asyncio, atexit handlers or finalizers: ``os._exit``."""
+    status = _EXIT_FAILED
+    try:
+        _detach_child(fd, parent)
+        encoded = encode(state_fn(), hmac_key, meta)
+        _write_all(
+            fd,
+            _RESULT.pack(_RESULT_MAGIC, encoded.raw_size, encoded.size, len(encoded.hmac or b"")),
+        )
+        _write_all(fd, encoded.hmac or b"")
+        _write_all(fd, encoded.blob)
+        status = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            text = traceback.format_exc(limit=20).encode(errors="replace")[-4000:]
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _ERROR_MAGIC + text, 0)
+    finally:
+        os._exit(status)
+
+
+def _detach_child(keep_fd: int, parent: int) -> None:  # pragma: no cover - runs in the forked child
+    """Stop sharing the parent's signal wake-up socket and every other descriptor."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # die with the parent (best effort)
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(_EXIT_FAILED)
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, 1 << 20)
+
+
+def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - runs in the forked child
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _wait_child(pid: int) -> int:
+    """The child's wait status, awaited without blocking the loop; cancelling kills it."""
+    loop = asyncio.get_running_loop()
+    pidfd = _pidfd(pid)
+    if pidfd is None:  # no pidfd (old kernel, not Linux): a worker thread waits
+        try:
+            _, status = await asyncio.shield(asyncio.to_thread(os.waitpid, pid, 0))
+        except asyncio.CancelledError:
+            _kill(pid)
+            raise
+        return status
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        await exited
+    except asyncio.CancelledError:
+        _kill(pid)
+        loop.remove_reader(pidfd)
+        _reap_later(loop, pid, pidfd)
+        raise
+    loop.remove_reader(pidfd)
+    os.close(pidfd)
+    try:
+        _, status = os.waitpid(pid, 0)  # it has exited: returns at once
+    except ChildProcessError:  # reaped by someone else (a global child watcher)
+        return -1
+    return status
+
+
+def _pidfd(pid: int) -> int | None:
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap_later(loop: asyncio.AbstractEventLoop, pid: int, pidfd: int) -> None:
+    """Reap a killed child when it is gone, without waiting for it here."""
+
+    def reap() -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+    try:
+        loop.add_reader(pidfd, reap)
+    except RuntimeError:  # the loop is closing: reap synchronously (the child is dying)
+        reap()
+
+
+async def _read_result(fd: int, pid: int, status: int) -> EncodedSnapshot:
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, max(_RESULT.size, 4), 0) if size else b""
+    code = os.waitstatus_to_exitcode(status) if status >= 0 else None
+    if code is not None and code != 0:
+        if head[:4] == _ERROR_MAGIC:
+            text = os.pread(fd, 4 + 4000, 0)[4:].decode(errors="replace").strip()
+            raise SnapshotChildFailed(f"snapshot child {pid} failed:\n{text}")
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise SnapshotChildFailed(f"snapshot child {pid} {how} before writing a snapshot")
+    if len(head) < _RESULT.size or head[:4] != _RESULT_MAGIC:
+        raise SnapshotChildFailed(f"snapshot child {pid} left no result ({size} bytes written)")
+    _, raw_size, blob_size, hmac_size = _RESULT.unpack(head[: _RESULT.size])
+    if size != _RESULT.size + hmac_size + blob_size:
+        raise SnapshotChildFailed(
+            f"snapshot child {pid} left an incomplete result ({size} bytes,"
+            f" expected {_RESULT.size + hmac_size + blob_size})"
+        )
+    if code is None:
+        log.warning("snapshot child reaped by someone else; its result is complete", pid=pid)
+    offset = _RESULT.size
+    signature = os.pread(fd, hmac_size, offset) if hmac_size else None
+    offset += hmac_size
+    chunks: list[bytes] = []
+    end = offset + blob_size
+    while offset < end:
+        chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+        if not chunk:
+            raise SnapshotChildFailed(f"snapshot child {pid}: result shorter than announced")
+        chunks.append(chunk)
+        offset += len(chunk)
+        await asyncio.sleep(0)
+    blob = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return EncodedSnapshot(blob, raw_size, signature, FORMAT_VERSION)
+
+
+# ------------------------------------------------------------- store and load
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A stored snapshot's metadata (everything but the blob)."""
+
+    id: int
+    epoch: int
+    snapshot_seq: int
+    format_version: int
+    created_at: datetime
+    age_s: float  # by the database's clock
+    size_bytes: int
+    raw_size_bytes: int
+    signed: bool
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.id,
+            "epoch": self.epoch,
+            "snapshot_seq": self.snapshot_seq,
+            "age_s": round(self.age_s, 3),
+            "size_bytes": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSnapshot:
+    id: int
+    epoch: int
+    snapshot_seq: int
+    created_at: datetime
+    age_s: float
+    size: int
+    raw_size: int
+    state: dict[str, Any]
+    meta: dict[str, Any]
+    decode_s: float
+
+
+_INFO_COLUMNS = (
+    "id, epoch, snapshot_seq, format_version, created_at, size_bytes, raw_size_bytes,"
+    " hmac IS NOT NULL AS signed,"
+    " extract(epoch FROM now() - created_at)::float8 AS age_s"
+)
+
+
+class SnapshotStore:
+    """``graph_snapshots`` over an asyncpg pool or connection (schema on search_path)."""
+
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self.db = db
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self.db, asyncpg.Pool):
+            async with self.db.acquire() as conn:
+                yield conn
+        else:
+            yield self.db
+
+    async def insert(
+        self,
+        encoded: EncodedSnapshot,
+        epoch: int,
+        snapshot_seq: int,
+        lock_timeout_s: float = INSERT_LOCK_TIMEOUT_S,
+    ) -> int:
+        """Store a snapshot if ``epoch`` is still the newest leader epoch; returns its id.
+
+        The row goes in first (the slow part, a large blob); then ``leader_epochs``
+        is locked in SHARE mode, which waits for and then blocks any new epoch
+        row until this transaction ends, and the epoch is checked. A stale epoch
+        raises :class:`StaleEpoch` and rolls the insert back.
+        """
+        async with self._conn() as conn, conn.transaction():
+            snapshot_id = await conn.fetchval(
+                "INSERT INTO graph_snapshots (epoch, snapshot_seq, format_version,"
+                " size_bytes, raw_size_bytes, hmac, blob)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                epoch,
+                snapshot_seq,
+                encoded.format_version,
+                encoded.size,
+                encoded.raw_size,
+                encoded.hmac,
+                encoded.blob,
+            )
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+            try:
+                await conn.execute("LOCK TABLE leader_epochs IN SHARE MODE")
+            except asyncpg.LockNotAvailableError:
+                raise SnapshotError(
+                    f"could not lock leader_epochs within {lock_timeout_s}s to check the epoch"
+                ) from None
+            newest = await conn.fetchval("SELECT max(epoch) FROM leader_epochs")
+            if newest is None or epoch != newest:
+                raise StaleEpoch(epoch, newest)
+        log.info(
+            "snapshot stored",
+            snapshot_id=snapshot_id,
+            epoch=epoch,
+            snapshot_seq=snapshot_seq,
+            size_bytes=encoded.size,
+            raw_size_bytes=encoded.raw_size,
+        )
+        return int(snapshot_id)
+
+    async def candidates(self, max_age_s: float | None = None) -> list[SnapshotInfo]:
+        """Stored snapshots, newest first (by seq, then id); only those younger than
+        ``max_age_s`` (by the database's clock) when it is given."""
+        where = ""
+        args: list[Any] = []
+        if max_age_s is not None:
+            where = " WHERE created_at >= now() - make_interval(secs => $1)"
+            args.append(float(max_age_s))
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_INFO_COLUMNS} FROM graph_snapshots{where}"
+                " ORDER BY snapshot_seq DESC, id DESC",
+                *args,
+            )
+        return [SnapshotInfo(**dict(row)) for row in rows]
+
+    async def load_newest(
+        self,
+        hmac_key: bytes | None,
+        max_age_s: float | None,
+        max_seq: int | None = None,
+        *,
+        decode_in_thread: bool = True,
+    ) -> LoadedSnapshot | None:
+        """The newest usable snapshot, or None (the caller then starts fresh).
+
+        Skipped, each with a log line saying why: snapshots older than
+        ``max_age_s``, snapshots ahead of the log's end ``max_seq`` (an error:
+        see :func:`ahead_of_log_message`), and corrupt, tampered or unreadable
+        ones. ``decode_in_thread`` unpickles in a worker thread so that the loop
+        (health checks, the leader watchdog) keeps getting time slices.
+        """
+        infos = await self.candidates()
+        skipped: list[str] = []
+        for info in infos:
+            reason = self._unusable(info, max_age_s, max_seq)
+            if reason is None:
+                loaded = await self._try_load(info, hmac_key, decode_in_thread, skipped)
+                if loaded is not None:
+                    return loaded
+            else:
+                skipped.append(f"{info.id}: {reason}")
+        log.warning(
+            "no usable snapshot",
+            stored=len(infos),
+            skipped=skipped,
+            max_age_s=max_age_s,
+            max_seq=max_seq,
+        )
+        return None
+
+    @staticmethod
+    def _unusable(info: SnapshotInfo, max_age_s: float | None, max_seq: int | None) -> str | None:
+        """Why a snapshot is not even fetched (logged here), or None."""
+        if max_age_s is not None and info.age_s > max_age_s:
+            reason = f"too old: {info.age_s:.1f}s > SNAPSHOT_INTERVAL {max_age_s:g}s"
+            log.info("snapshot not used", reason=reason, **info.log_fields())
+            return reason
+        if max_seq is not None and info.snapshot_seq > max_seq:
+            message = ahead_of_log_message(info, max_seq)
+            log.error(
+                "snapshot ahead of the event log",
+                error=ConsistencyError.__name__,
+                message=message,
+                max_seq=max_seq,
+                **info.log_fields(),
+            )
+            return f"ahead of the log: seq {info.snapshot_seq} > log end {max_seq}"
+        if info.format_version != FORMAT_VERSION:
+            reason = f"format version {info.format_version}, this build reads {FORMAT_VERSION}"
+            log.warning("snapshot not used", reason=reason, **info.log_fields())
+            return reason
+        return None
+
+    async def _try_load(
+        self, info: SnapshotInfo, hmac_key: bytes | None, in_thread: bool, skipped: list[str]
+    ) -> LoadedSnapshot | None:
+        fields = info.log_fields()
+        try:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    "SELECT blob, hmac FROM graph_snapshots WHERE id = $1", info.id
+                )
+        except asyncpg.PostgresError as exc:  # e.g. a damaged TOAST chunk
+            reason = f"unreadable row: {type(exc).__name__}: {exc}"
+            log.warning("snapshot rejected, trying an older one", reason=reason, **fields)
+            skipped.append(f"{info.id}: {reason}")
+            return None
+        if row is None:
+            reason = "deleted while loading (pruned)"
+            log.info("snapshot not used", reason=reason, **fields)
+            skipped.append(f"{info.id}: {reason}")
+            return None
+        blob, signature = row["blob"], row["hmac"]
+        try:
+            if len(blob) != info.size_bytes:
+                raise SnapshotRejected(f"blob is {len(blob)} bytes, the row says {info.size_bytes}")
+            if in_thread:
+                payload, decode_s = await asyncio.to_thread(
+                    _timed_decode, blob, hmac_key, signature
+                )
+            else:
+                payload, decode_s = _timed_decode(blob, hmac_key, signature)
+        except SnapshotRejected as exc:
+            log.warning("snapshot rejected, trying an older one", reason=exc.reason, **fields)
+            skipped.append(f"{info.id}: {exc.reason}")
+            return None
+        if hmac_key is None and signature is not None:
+            log.warning("snapshot is signed but SNAPSHOT_HMAC_KEY is unset: not verified", **fields)
+        log.info("snapshot loaded", decode_s=round(decode_s, 3), **fields)
+        return LoadedSnapshot(
+            id=info.id,
+            epoch=info.epoch,
+            snapshot_seq=info.snapshot_seq,
+            created_at=info.created_at,
+            age_s=info.age_s,
+            size=info.size_bytes,
+            raw_size=info.raw_size_bytes,
+            state=payload["state"],
+            meta=payload["meta"],
+            decode_s=decode_s,
+        )
+
+
+def _timed_decode(
+    blob: bytes, hmac_key: bytes | None, signature: bytes | None
+) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    payload = decode_payload(blob, hmac_key, signature)
+    return payload, time.perf_counter() - t0
+
+
+def ahead_of_log_message(info: SnapshotInfo, max_seq: int) -> str:
+    return (
+        f"Snapshot {info.id} (epoch {info.epoch}) holds the graph after seq"
+        f" {info.snapshot_seq}, but the event log ends at seq {max_seq}. A snapshot"
+        " can never be ahead of the log it was taken from: the events up to its seq"
+        " were processed by a leader but never reached the log, or the events table"
+        " was truncated or restored from an older backup, or DB_SCHEMA points at"
+        " another deployment's snapshots. Loading it would serve a graph that replay"
+        f" cannot reproduce, and seqs {max_seq + 1}..{info.snapshot_seq} would be"
+        " reused for different events. It is skipped and an older snapshot is tried;"
+        " check the persistor's logs and the events table, and delete this row once"
+        " the cause is understood."
+    )
+
+
+__all__ = [
+    "FORK_AVAILABLE",
+    "ConsistencyError",
+    "LoadedSnapshot",
+    "SnapshotChildFailed",
+    "SnapshotInfo",
+    "SnapshotStore",
+    "StaleEpoch",
+    "TakenSnapshot",
+    "ahead_of_log_message",
+    "take_snapshot",
+    "take_snapshot_in_child",
+    "take_snapshot_inline",
+]
