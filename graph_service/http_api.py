@@ -12,9 +12,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from graph_service import crashpoints
 from graph_service.entity_graph import CATEGORY, IS_DELETED, TYPE, EntityGraph
 from graph_service.metrics import Metrics
 from graph_service.transformers import AGGREGATED_SEVERITY, RESOURCE_VID
+from rca_common.settings import Settings
 
 
 class ServiceView(Protocol):
@@ -22,10 +24,13 @@ class ServiceView(Protocol):
 
     graph: EntityGraph
     metrics: Metrics
+    settings: Settings
 
     def is_ready(self) -> bool: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    def request_snapshot(self) -> bool: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -102,6 +107,25 @@ def create_app(service: ServiceView) -> web.Application:
                 continue
             out.append(attrs)
         return _json({"alarms": out})
+
+    @routes.post("/v1/admin/snapshot")
+    async def snapshot(request: web.Request) -> web.Response:
+        """Take a snapshot now (before maintenance, or in a drill); 409 unless active."""
+        if not service.request_snapshot():
+            return _json({"error": "not the active instance, or persistency is off"}, 409)
+        return _json({"requested": True}, 202)
+
+    @routes.post("/v1/admin/crash-point")
+    async def crash_point(request: web.Request) -> web.Response:
+        """Drills only (DRILL_HOOKS=true): arm a crash point, e.g. {"point": "replay"}."""
+        if not service.settings.drill_hooks:
+            return _json({"error": "drill hooks are disabled"}, 404)
+        body = await request.json()
+        try:
+            crashpoints.arm(str(body["point"]), int(body.get("after", 1)))
+        except (KeyError, ValueError) as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json({"armed": body})
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ import orjson
 from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from graph_service import crashpoints
 from graph_service.metrics import Metrics
 from graph_service.processor import Outcome, Processor
 from graph_service.transformers import MalformedEvent
@@ -94,6 +95,7 @@ class AckTracker:
             last = self._pending.popleft()[1]
             self.acked += 1
         if last is not None:
+            crashpoints.hit("before_ack")
             task = asyncio.ensure_future(last.ack(multiple=True))
             task.add_done_callback(_log_ack_failure)
 

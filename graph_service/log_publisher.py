@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractExchange
 from aio_pika.exceptions import DeliveryError
 from aiormq.abc import DeliveredMessage
 
+from graph_service import crashpoints
 from rca_common.logging import get_logger
 from rca_common.records import LogRecord, encode_records
 
@@ -100,6 +101,7 @@ class AmqpLogSink:
         self._inflight.append((batch[-1].seq, task))
         task.add_done_callback(self._on_done)
         self.published_batches += 1
+        crashpoints.hit("publish")
 
     def _on_done(self, _: asyncio.Future[Any]) -> None:
         """Advance ``confirmed_seq`` over the finished prefix of in-flight batches."""

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from graph_service import crashpoints
 from graph_service.service import GraphService
 from rca_common.logging import get_logger, setup_logging
 from rca_common.settings import Settings, settings_or_exit
@@ -26,6 +27,14 @@ async def serve(settings: Settings) -> int:
 
 def main() -> None:
     settings = settings_or_exit()
+    try:
+        crashpoints.configure(settings.drill_crash_at)
+    except ValueError as exc:
+        print(
+            f"configuration error: DRILL_CRASH_AT={settings.drill_crash_at!r}: {exc}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     setup_logging(settings.log_level, settings.log_format, service="graph-service")
     log = get_logger("graph_service")
     log.info("settings", settings=repr(settings))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -198,7 +198,7 @@ class Processor:
         self.recent.add(event.event_id)
         ts = event.sample_timestamp
         if self.clock is None or ts > self.clock:
-            self.clock = ts
+            self.clock = ts.astimezone(UTC)  # plain datetime.timezone: snapshot-safe
         if event.action is Action.END_SNAPSHOT:
             return self._round.pop(event.source, {})
         if event.action in SNAPSHOT_ACTIONS:
@@ -217,7 +217,14 @@ class Processor:
         if old is None:
             emit(["v", vid, props, []])
             return
-        changed = {k: v for k, v in props.items() if k not in old or not _same(old[k], v)}
+        changed = {
+            k: v
+            for k, v in props.items()
+            if k not in old
+            or type(ov := old[k]) is not type(v)
+            or ov != v
+            or (type(v) in _CONTAINERS and not _same(ov, v))
+        }
         removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
         if changed or removed:
             emit(["v", vid, changed, removed])
@@ -314,11 +321,14 @@ class _Emitter:
         self.changes.append(change)
 
 
+_CONTAINERS = (list, dict)
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal and of the same JSON type: ``1``, ``1.0`` and ``True`` are equal in Python
     but are different property values (a change from one to another must be applied)."""
     if type(a) is not type(b):
-        return isinstance(a, str) and isinstance(b, str) and a == b
+        return False
     if type(a) is list:
         return len(a) == len(b) and all(map(_same, a, b))
     if type(a) is dict:

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from graph_service import crashpoints
 from graph_service.processor import Processor
 from rca_common import db
 from rca_common.logging import get_logger
@@ -136,6 +137,7 @@ async def replay_log(
             processor.replay_wire(data["event"], data["changes"])
             expected = seq + 1
             done += 1
+        crashpoints.hit("replay", len(rows))
         cursor_from = rows[-1][0]
         now = time.monotonic()
         if now - last_log >= PROGRESS_EVERY:

@@ -79,6 +79,12 @@ class GraphService:
     def is_ready(self) -> bool:
         return self.lifecycle.is_active
 
+    def request_snapshot(self) -> bool:
+        if self.snapshots is None or not self.lifecycle.is_active:
+            return False
+        self.snapshots.request()
+        return True
+
     def status(self) -> dict[str, Any]:
         ingest = self.ingest
         return {
@@ -87,6 +93,7 @@ class GraphService:
             "epoch": self.epoch,
             "last_seq": ingest.seq if ingest else None,
             "confirmed_seq": ingest.sink.confirmed_seq if ingest else None,
+            "unacked_messages": ingest.tracker.pending if ingest else None,
             "vertices": len(self.graph),
             "edges": self.graph.edge_count,
             "last_event_at": ingest.last_event_at if ingest else None,

@@ -13,6 +13,9 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
+from graph_service import crashpoints
 from graph_service.snapshots import SnapshotError, SnapshotStore, StaleEpoch, take_snapshot
 from rca_common.logging import get_logger
 
@@ -50,21 +53,23 @@ class SnapshotSchedule:
         ingest, epoch, pool = svc.ingest, svc.epoch, svc.pool
         assert ingest is not None and epoch is not None and pool is not None
         processor = svc.processor
-        seq = ingest.seq
+        seq = ingest.seq  # no await between this and the fork: the state is at this seq
         key = svc.settings.snapshot_hmac_key
         log.info("snapshot started", snapshot_seq=seq, vertices=len(processor.graph))
         try:
             taken = await take_snapshot(
                 lambda: {"processor": processor.export_state()},
                 key.encode() if key else None,
+                fork=svc.settings.snapshot_in_child,
                 meta={"epoch": epoch, "snapshot_seq": seq, "created_at": time.time()},
             )
+            crashpoints.hit("snapshot")
             await ingest.wait_confirmed(seq)
             snapshot_id = await SnapshotStore(pool).insert(taken.encoded, epoch, seq)
         except StaleEpoch as exc:
             svc.fence(f"snapshot refused: {exc}")
             return None
-        except (SnapshotError, OSError) as exc:
+        except (SnapshotError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.error("snapshot failed", error=repr(exc), snapshot_seq=seq)
             svc.snapshot_state = {"state": "failed", "error": repr(exc), "at": time.time()}
             return None

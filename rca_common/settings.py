@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     snapshot_hmac_key: str | None = _doc(
         "When set, snapshots are signed with HMAC-SHA256 and verified before loading.", None
     )
+    snapshot_in_child: bool = _doc(
+        "Serialise snapshots in a forked child (like Redis BGSAVE): the event loop pauses only"
+        " for the fork. `false`: pickle on the loop, compress in a thread (platforms without"
+        " fork use this anyway).",
+        True,
+    )
     barrier_timeout: Annotated[float, Field(gt=0)] = _doc(
         "Seconds to wait for the persistor to commit the takeover barrier.", 10.0
     )
@@ -129,6 +135,16 @@ class Settings(BaseSettings):
     lock_tcp_user_timeout: Annotated[int, Field(ge=0)] = _doc(
         "Milliseconds unacknowledged data may wait before the lock connection is dropped.",
         5000,
+    )
+
+    drill_crash_at: str | None = _doc(
+        "Failover drills only: `point:n` makes the graph service SIGKILL itself the n-th time"
+        " it passes `point` (publish, before_ack, snapshot, replay).",
+        None,
+    )
+    drill_hooks: bool = _doc(
+        "Failover drills only: enables `POST /v1/admin/crash-point` to arm a crash point.",
+        False,
     )
 
     # --- persistor
