@@ -48,8 +48,7 @@ async def test_get_all_builds_exactly_the_generated_topology(
 
     by_vid = {v["vitrage_id"]: (v["vitrage_type"], v["id"]) for v in topo["vertices"]}
     edges = {
-        (*by_vid[e["source"]], e["relationship_type"], *by_vid[e["target"]])
-        for e in topo["edges"]
+        (*by_vid[e["source"]], e["relationship_type"], *by_vid[e["target"]]) for e in topo["edges"]
     }
     assert edges == {tuple(e) for e in expected.expected_edges()}
     assert status["get_all"]["state"] == "done"
