@@ -89,7 +89,7 @@ class Drill:
             "LOG_FORMAT": "json",
             "RECONCILE_AFTER_TAKEOVER": "false",
             "SNAPSHOT_INTERVAL": "3600",
-            "SNAPSHOTS_KEPT": "100000",
+            "PRUNE_EVENTS": "false",  # the drill reads the whole log back
             "DRILL_HOOKS": "true",
             "BARRIER_TIMEOUT": "30",
             "GET_ALL_TIMEOUT": "30",
@@ -105,6 +105,7 @@ class Drill:
         )
         self.published: list[dict[str, Any]] = []
         self._allowed = 0
+        self.window = cfg.window
         self._progress = asyncio.Condition()
         self.kills: list[dict[str, Any]] = []
         self.persistor_kill: dict[str, Any] | None = None
@@ -119,11 +120,14 @@ class Drill:
             publisher = asyncio.create_task(self._publish_stream())
             steps = self.cfg.steps()
             persistor_at = len(steps) // 2 if self.cfg.kill_persistor else None
+            gap = self.cfg.events // (len(steps) + 2)
+            self.window = max(1, min(self.cfg.window, gap // 2))
             for i, kind in enumerate(steps):
-                threshold = self.cfg.events * (i + 1) // (len(steps) + 2)
+                threshold = gap * (i + 1)
                 await self._allow(max(threshold, self._allowed))
                 await self._until_published(threshold)
-                await self._allow(len(self.published) + self.cfg.window)  # flows during the kill
+                # The stream flows during the kill, but cannot run out before the next one.
+                await self._allow(threshold + self.window)
                 if i == persistor_at:
                     await self._kill_persistor()
                 await self._kill(kind)
@@ -200,10 +204,11 @@ class Drill:
             victim.start()  # the first victim comes back and takes over
             other, victim = victim, other
         else:
-            await self._arm(victim, kind, self.rng.randint(1, 4))
+            await self._arm(victim, kind, 1 if kind == "snapshot" else self.rng.randint(1, 3))
             if kind == "snapshot":
-                await self.http.post(victim.url + "/v1/admin/snapshot")
-            t_kill = await victim.wait_exit(self.cfg.ready_timeout)
+                with contextlib.suppress(httpx.TransportError):  # it may die before answering
+                    await self.http.post(victim.url + "/v1/admin/snapshot")
+            t_kill = await self._until_crashed(victim)
         self.active, t_ready = await wait_ready([other], self.cfg.ready_timeout)
         victim.start()
         new_status = await get_json(self.http, self.active.url + "/status") or {}
@@ -215,6 +220,17 @@ class Drill:
         self.kills.append(record)
         log.info("drill kill", **record)
         await self._until_standby(victim)
+
+    async def _until_crashed(self, victim: Instance) -> float:
+        """Wait for a crash point to fire, feeding the stream a little more while it has not."""
+        deadline = time.monotonic() + self.cfg.ready_timeout
+        while True:
+            try:
+                return await victim.wait_exit(1.0)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                await self._allow(self._allowed + self.window)
 
     async def _arm(self, inst: Instance, point: str, after: int) -> None:
         resp = await self.http.post(
@@ -240,7 +256,7 @@ class Drill:
     async def _kill_persistor(self) -> None:
         t_kill = self.persistor.kill()
         before = len(self.published)
-        await self._until_published(min(self.cfg.events, before + self.cfg.events // 10))
+        await self._until_published(min(self._allowed, before + self.window))
         self.persistor.start()
         target = (await get_json(self.http, self.active.url + "/status") or {}).get(
             "confirmed_seq", 0

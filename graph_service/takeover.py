@@ -79,9 +79,10 @@ class Takeover:
         svc = self.svc
         assert svc.consume_channel is not None and svc.declared is not None
         assert svc.epoch is not None and svc.processed_exchange is not None
+        assert svc.publish_channel is not None
         ingest = Ingest(
             svc.processor,
-            svc.consume_channel,
+            svc.publish_channel,  # markers and dead letters: returns raise
             svc.topology,
             svc.metrics,
             epoch=svc.epoch,

@@ -46,7 +46,11 @@ class BrokerTopology:
             events_queue=QueueSpec(settings.events_queue, args),
             dead_letter_queue=QueueSpec(settings.dead_letter_queue, args),
             collector_rpc_queue=QueueSpec(settings.collector_rpc_queue, args),
-            persistor_queue=QueueSpec(settings.persistor_queue, args),
+            # One persistor drains at a time (FIFO is what fencing relies on); a
+            # second one waits as a hot standby.
+            persistor_queue=QueueSpec(
+                settings.persistor_queue, {**args, "x-single-active-consumer": True}
+            ),
             processed_exchange=settings.processed_exchange,
         )
 

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     persistor_http_port: Annotated[int, Field(ge=0, le=65535)] = _doc(
         "Port of the persistor's health and metrics endpoint (0: none).", 8998
     )
+    prune_events: bool = _doc(
+        "Delete events that no kept snapshot needs; false keeps the whole log (audits, drills).",
+        True,
+    )
     prune_interval: Annotated[float, Field(gt=0)] = _doc(
         "Seconds between prunes of snapshots and events no kept snapshot needs.", 60.0
     )

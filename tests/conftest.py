@@ -131,8 +131,11 @@ class Processes:
 
 
 @pytest.fixture
-async def processes(tmp_path: Path, test_env: dict[str, str]) -> AsyncIterator[Processes]:
-    """Real processes of the project; stopped, and their DB schema dropped, afterwards."""
+async def processes(
+    tmp_path: Path, test_env: dict[str, str], broker: aio_pika.abc.AbstractChannel
+) -> AsyncIterator[Processes]:
+    """Real processes of the project; stopped before the test's topology is deleted
+    (they depend on ``broker``), and their DB schema dropped, afterwards."""
     procs = Processes(tmp_path, test_env)
     try:
         yield procs

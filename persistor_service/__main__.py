@@ -1,0 +1,3 @@
+from persistor_service.main import main
+
+main()
