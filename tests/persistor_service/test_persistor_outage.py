@@ -10,7 +10,7 @@ import pytest
 from rca_common.settings import Settings
 from tests.conftest import wait_for
 from tests.persistor_service.conftest import Stream, recs, rows, sample
-from tests.persistor_service.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
