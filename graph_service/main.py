@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
-
 from graph_service import crashpoints
 from graph_service.service import GraphService
-from rca_common.logging import get_logger, setup_logging
-from rca_common.settings import Settings, settings_or_exit
+from rca_common.runner import run_service, stop_on_signals
+from rca_common.settings import Settings
 
 
 async def serve(settings: Settings) -> int:
     service = GraphService(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stopped.set)
+    stop_on_signals(service.stopped)
     try:
         await service.start()
         await service.stopped.wait()
@@ -25,26 +19,15 @@ async def serve(settings: Settings) -> int:
     return service.exit_code
 
 
-def main() -> None:
-    settings = settings_or_exit()
+def _check(settings: Settings) -> None:
     try:
         crashpoints.configure(settings.drill_crash_at)
     except ValueError as exc:
-        print(
-            f"configuration error: DRILL_CRASH_AT={settings.drill_crash_at!r}: {exc}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    setup_logging(settings.log_level, settings.log_format, service="graph-service")
-    log = get_logger("graph_service")
-    log.info("settings", settings=repr(settings))
-    try:
-        import uvloop
+        raise ValueError(f"DRILL_CRASH_AT={settings.drill_crash_at!r}: {exc}") from None
 
-        code = uvloop.run(serve(settings))
-    except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+
+def main() -> None:
+    run_service("graph-service", serve, _check)
 
 
 if __name__ == "__main__":

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
-
 from persistor_service.service import PersistorService
-from rca_common.logging import get_logger, setup_logging
-from rca_common.settings import Settings, settings_or_exit
+from rca_common.runner import run_service, stop_on_signals
+from rca_common.settings import Settings
 
 
 async def serve(settings: Settings) -> int:
     service = PersistorService(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stopped.set)
+    stop_on_signals(service.stopped)
     return await service.run()
 
 
 def main() -> None:
-    settings = settings_or_exit()
-    setup_logging(settings.log_level, settings.log_format, service="persistor-service")
-    get_logger("persistor_service").info("settings", settings=repr(settings))
-    try:
-        import uvloop
-
-        code = uvloop.run(serve(settings))
-    except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+    run_service("persistor-service", serve)
 
 
 if __name__ == "__main__":
