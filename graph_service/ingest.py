@@ -199,12 +199,14 @@ class Ingest:
         await fut
 
     # ---------------------------------------------------------------- markers
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, what: str = "drain", progress_every: float = 5.0) -> None:
         """Wait until everything queued before now has been processed.
 
         Publishes a marker message into the events queue and waits for the
         consumer to reach it: the queue is FIFO, so every message ahead of the
-        marker has been handled. No polling of queue depths.
+        marker has been handled. No polling of queue depths. A long backlog is
+        not an error: progress is logged, and a stall (nothing processed for a
+        whole interval) is logged as a warning.
         """
         token = uuid.uuid4().hex
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -213,8 +215,23 @@ class Ingest:
             Message(b"[]", headers={MARKER_HEADER: token}),
             routing_key=self.topology.events_queue.name,
         )
+        started, seen = time.monotonic(), self.drained_events
         try:
-            await asyncio.wait_for(fut, timeout)
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), progress_every)
+                    return
+                except TimeoutError:
+                    moved = self.drained_events - seen
+                    seen = self.drained_events
+                    (log.warning if moved == 0 else log.info)(
+                        f"{what}: waiting for the queue" + (" (stalled)" if moved == 0 else ""),
+                        events_in_interval=moved,
+                        rate_per_s=round(moved / progress_every),
+                        waited_s=round(time.monotonic() - started, 1),
+                    )
+                    if not self.running:
+                        raise RuntimeError("ingest stopped while draining") from None
         finally:
             self._markers.pop(token, None)
 

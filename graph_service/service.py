@@ -154,7 +154,7 @@ class GraphService:
             counts = await self.rpc.get_all(self.settings.get_all_timeout)
             # The collector replied after publishing everything: a drain marker
             # published now lands behind all of it.
-            await self.ingest.drain(self.settings.get_all_timeout)
+            await self.ingest.drain("get_all")
         except (TimeoutError, RpcError) as exc:
             reason = "no collector answered" if isinstance(exc, TimeoutError) else str(exc)
             self.get_all_state = {

@@ -6,10 +6,12 @@ snapshot, replay; or fresh get_all) → draining (the live queue) → active.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import aio_pika
+import asyncpg
 
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
@@ -41,7 +43,7 @@ class Takeover:
     async def run(self) -> None:
         svc = self.svc
         svc.lifecycle.enter(Phase.STANDBY)
-        await svc.leadership.wait_for_lock()
+        await self._wait_for_lock()
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)
@@ -57,13 +59,26 @@ class Takeover:
             got_all = await svc.get_all()
         svc.lifecycle.enter(Phase.DRAINING, mode=report.mode)
         drain_started = ingest.drained_events
-        await ingest.drain(self.settings.get_all_timeout)
+        await ingest.drain("draining")
         report.drained_events = ingest.drained_events - drain_started
         svc.lifecycle.enter(
             Phase.ACTIVE, mode=report.mode, vertices=len(svc.graph), last_seq=ingest.seq
         )
         svc.metrics.active.set(1)
         self._after_active(report, got_all)
+
+    async def _wait_for_lock(self) -> None:
+        """Standby: wait for the lock; a lost database connection is retried, not fatal."""
+        delay = 0.5
+        while True:
+            try:
+                await self.svc.leadership.wait_for_lock()
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("standby: database unreachable, retrying", error=repr(exc),
+                            retry_in_s=delay)  # fmt: skip
+                await asyncio.sleep(delay)  # backoff before reconnecting
+                delay = min(delay * 2, 10.0)
 
     def _after_active(self, report: RecoveryReport, got_all: bool) -> None:
         svc = self.svc
