@@ -351,11 +351,17 @@ class PersistorService:
             raise
 
     async def _requeue(self, zombies: list[LogRecord]) -> None:
-        """Put fenced records' input events back on the collector queue (confirmed)."""
+        """Put fenced records' input events back on the collector queue (confirmed).
+
+        Evaluator actions (entity type ``vitrage``) are not put back: they were
+        the zombie's decisions; the active's evaluator makes its own.
+        """
         seen: set[str] = set()
         events = []
         for record in zombies:
             event_id = record.event["event_id"]
+            if record.event.get("entity_type") == "vitrage":
+                continue
             if event_id not in seen:
                 seen.add(event_id)
                 events.append(record.event)
