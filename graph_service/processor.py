@@ -6,6 +6,11 @@ Both end with the same graph and the same bookkeeping (recent event ids, the
 logical clock, the per-source snapshot round), which is what makes a standby
 that replays the log identical to the active that wrote it.
 
+Evaluator actions (``entity_type=vitrage``) take their own path: each is one
+step of the action registry (``self.actions``, recorded in ``_observe`` so that
+replay rebuilds it) plus the graph changes that make the graph agree with it
+(graph_service/actions.py).
+
 No wall clock, no randomness: time is the largest ``sample_timestamp`` seen.
 """
 
@@ -18,6 +23,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from graph_service.actions import (
+    VITRAGE,
+    ActionRegistry,
+    EffectWriter,
+    Step,
+    parse_step,
+    step_of,
+)
 from graph_service.entity_graph import (
     CATEGORY,
     DATASOURCE,
@@ -73,16 +86,19 @@ class EventKey:
     entity_id: str
     action: Action
     sample_timestamp: datetime
+    payload: dict[str, Any] | None = None  # kept for evaluator actions only
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> EventKey:
+        etype = data["entity_type"]
         return cls(
             data["event_id"],
             data["source"],
-            data["entity_type"],
+            etype,
             data.get("entity_id", ""),
             Action(data["action"]),
             parse_timestamp(data["sample_timestamp"]),
+            data.get("payload") if etype == VITRAGE else None,
         )
 
 
@@ -125,12 +141,19 @@ class Processor:
         self.clock: datetime | None = None
         # source -> vertices seen since that source's snapshot round began
         self._round: dict[str, dict[str, None]] = {}
+        # which evaluator actions are active for which matches (see actions.py)
+        self.actions = ActionRegistry()
 
     # ---------------------------------------------------------------- live path
     def process(self, event: Event) -> Outcome:
         """Apply one event; raises MalformedEvent (before touching any state) if it is bad."""
         if event.event_id in self.recent:
             return Outcome(event, Status.DUPLICATE)
+        if event.entity_type == VITRAGE:
+            return self._process_action(event)
+        if event.action is Action.END_SNAPSHOT and event.source == VITRAGE:
+            # Deduced alarms belong to the evaluator's bookkeeping, not to a snapshot round.
+            raise MalformedEvent(f"event {event.event_id}: no snapshot rounds for {VITRAGE!r}")
         tf = transform(event, self.states) if event.action is not Action.END_SNAPSHOT else None
         seen = self._observe(event)
         changes: list[Change] = []
@@ -151,6 +174,26 @@ class Processor:
                 self._link(tf.vid, tf.refs, tf.owned, event.sample_timestamp, emit)
         self._purge(emit)
         return Outcome(event, status, changes)
+
+    def _process_action(self, event: Event) -> Outcome:
+        """An evaluator action: one registry step, then the graph made to agree with it."""
+        if event.action is not Action.UPDATE:
+            raise MalformedEvent(f"vitrage event {event.event_id}: action must be update")
+        step = parse_step(event.payload, event.event_id)
+        effects = self._observe(event, step)
+        changes: list[Change] = []
+        emit = _Emitter(self.graph, changes)
+        ts = event.sample_timestamp
+        EffectWriter(
+            self.graph,
+            self.states,
+            self.actions,
+            ts,
+            emit,
+            lambda vid: self._mark_deleted(vid, ts, emit),
+        ).write(effects)
+        self._purge(emit)
+        return Outcome(event, Status.APPLIED, changes)
 
     # ------------------------------------------------------------ recovery path
     def replay(self, event: Event, changes: Iterable[Sequence[Any]]) -> None:
@@ -176,6 +219,7 @@ class Processor:
             "recent_capacity": self.recent.capacity,
             "clock": self.clock,
             "round": self._round,
+            "actions": self.actions.export(),
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
@@ -188,17 +232,22 @@ class Processor:
             self.recent.add(event_id)
         self.clock = state["clock"]
         self._round = state["round"]
+        self.actions = ActionRegistry.from_export(state.get("actions", {}))
 
     # ------------------------------------------------------------- bookkeeping
-    def _observe(self, event: Event) -> dict[str, None] | None:
-        """Record the event id, advance the clock, track the snapshot round.
+    def _observe(self, event: Event, step: Step | None = None) -> Any:
+        """Record the event id, advance the clock, track the snapshot round, and record
+        an evaluator action's step in the action registry.
 
-        Returns, for an end_snapshot, the vertices seen in the round it closes.
+        Returns, for an end_snapshot, the vertices seen in the round it closes; for an
+        evaluator action, the effects its step touched.
         """
         self.recent.add(event.event_id)
         ts = event.sample_timestamp
         if self.clock is None or ts > self.clock:
             self.clock = ts.astimezone(UTC)  # plain datetime.timezone: snapshot-safe
+        if event.entity_type == VITRAGE:
+            return self.actions.apply(step or step_of(event.payload))
         if event.action is Action.END_SNAPSHOT:
             return self._round.pop(event.source, {})
         if event.action in SNAPSHOT_ACTIONS:

@@ -246,7 +246,8 @@ TRANSFORMERS: dict[str, Transformer] = {
     EntityType.ZABBIX: _alarm,
     EntityType.PROMETHEUS: _alarm,
     EntityType.AODH: _alarm,
-    EntityType.VITRAGE: _alarm,
+    # No transformer for ``vitrage``: those events are evaluator actions, handled by
+    # the processor's action path (graph_service/actions.py).
 }
 
 

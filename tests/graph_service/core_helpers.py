@@ -72,6 +72,7 @@ def bookkeeping(p: Processor) -> tuple[Any, ...]:
         p.clock,
         {src: list(seen) for src, seen in p._round.items()},
         list(p._round),
+        pickle.dumps(p.actions.export(), protocol=5),
     )
 
 

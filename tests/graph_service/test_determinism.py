@@ -1,8 +1,8 @@
 """Determinism (DESIGN.md invariant 1): the processor is a function of (graph, event).
 
 A seeded pseudo-random stream (creates, moves, state changes, deletes, alarms firing
-and resolving, redeliveries, stale and out-of-order events in mixed UTC offsets,
-malformed events, snapshot rounds with end_snapshot) is fed to:
+and resolving, evaluator action steps, redeliveries, stale and out-of-order events in
+mixed UTC offsets, malformed events, snapshot rounds with end_snapshot) is fed to:
 
 (a) two processors: byte-identical graph pickles and equal bookkeeping;
 (b) a processor that only replays the logged changes (through JSON, as the log
@@ -26,7 +26,7 @@ from graph_service.entity_graph import IS_DELETED, IS_PLACEHOLDER, EntityGraph
 from graph_service.processor import Outcome, Processor, Status
 from graph_service.transformers import MalformedEvent
 from rca_common.events import Event, decode_events, encode_events
-from tests.graph_service.core_helpers import T0, bookkeeping, graph_bytes
+from tests.graph_service.core_helpers import T0, bookkeeping, graph_bytes, vid
 
 MIN_TIME_TO_DELETE = 300.0
 RECENT_CAPACITY = 1500  # smaller than the stream: old ids are forgotten, as in production
@@ -129,6 +129,48 @@ class StreamGen:
     def volume_event(self, v: str, action: str = "update") -> None:
         self.emit("cinder.volume", v, action, attached_to=list(self.volumes[v]), state="in-use")
 
+    def action_event(self) -> None:
+        """A raw evaluator action: activate or deactivate one of a few (action, match)
+        pairs on an instance, so that counts, overlaps and no-ops all occur."""
+        rng = self.rng
+        i = self.pick(self.instances) or "i-none"
+        target = vid("nova.instance", i)
+        kind = rng.choice(["raise_alarm", "raise_alarm", "set_state", "mark_down"])
+        template = rng.choice(["t1#0", "t2#0"])
+        alarm = self.pick(self.alarms)
+        causing = vid(self.alarms[alarm][0], alarm) if alarm and rng.random() < 0.7 else None
+        match = {"instance": target, **({"alarm": causing} if causing else {})}
+        payload: dict[str, Any] = {
+            "op": rng.choice(["activate", "activate", "deactivate"]),
+            "action": kind,
+            "action_key": f"{template}|s0|a{kind}|{target}",
+            "match_key": f"c0|m{rng.randint(0, 2)}|{target}",
+            "template": template,
+            "scenario": 0,
+            "clause": 0,
+            "match": match,
+            "target": target,
+        }
+        if kind == "raise_alarm":
+            payload["alarm_name"] = rng.choice(["deduced", "other"])
+            payload["severity"] = rng.choice(["critical", "warning", "CRITICAL"])
+            if causing:
+                payload["causing"] = causing
+        elif kind == "set_state":
+            payload["state"] = rng.choice(["SUBOPTIMAL", "ERROR"])
+        self.n += 1
+        self.events.append(
+            Event(
+                event_id=f"{self.seed}-{self.n}",
+                source="vitrage",
+                entity_type="vitrage",
+                entity_id=target,
+                action="update",
+                sample_timestamp=T0 + timedelta(seconds=round(self.t, 6)),
+                payload=payload,
+            )
+        )
+
     def pick(self, d: dict[str, Any]) -> str | None:
         return self.rng.choice(sorted(d)) if d else None
 
@@ -213,17 +255,8 @@ class StreamGen:
                     resource_id=rid,
                     status="resolved",
                 )
-        elif r < 0.84:  # a deduced alarm from the evaluator
-            i = self.pick(self.instances)
-            self.emit(
-                "vitrage",
-                f"d-{i}",
-                name="deduced",
-                severity="critical",
-                resource_type="nova.instance",
-                resource_id=i,
-                status=rng.choice(["firing", "resolved"]),
-            )
+        elif r < 0.84:  # an evaluator action step (repeats and undos of inactive ones too)
+            self.action_event()
         elif r < 0.91:  # a redelivery of an earlier event
             if self.events:
                 self.events.append(rng.choice(self.events[-200:]))
@@ -344,6 +377,10 @@ def test_the_stream_exercises_everything(
     assert any(a.get(IS_PLACEHOLDER) for a in attrs)
     assert any(a.get(IS_DELETED) for a in attrs)
     assert len(p.recent) == RECENT_CAPACITY
+    actions = [o for o in log if o.event.entity_type == "vitrage"]
+    assert len(actions) > 30 and sum(1 for o in actions if o.changes) > 10
+    assert sum(1 for o in actions if not o.changes) > 5  # repeated steps are no-ops
+    assert len(p.actions) > 0
 
 
 def test_a_two_processors_agree(stream: Stream) -> None:

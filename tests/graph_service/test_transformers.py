@@ -160,7 +160,6 @@ def test_timestamp_with_offset_is_stored_in_utc() -> None:
         ("zabbix", "High", "CRITICAL", "nova.host"),
         ("prometheus", "warning", "WARNING", "nova.instance"),
         ("aodh", "moderate", "SEVERE", "neutron.port"),
-        ("vitrage", "critical", "CRITICAL", "nova.instance"),
     ],
 )
 def test_alarm_transformer(etype: str, severity: str, op_sev: str, rtype: str) -> None:
@@ -216,11 +215,17 @@ def test_alarm_resource_id_integer_is_an_id() -> None:
 
 
 def test_alarm_on_an_alarm_links_alarm_vertices() -> None:
-    tf = transform(
-        ev("vitrage", "d1", 0, name="n", resource_type="zabbix", resource_id="a"), STATES
-    )
+    tf = transform(ev("aodh", "d1", 0, name="n", resource_type="zabbix", resource_id="a"), STATES)
     assert tf.props[RESOURCE_VID] == expected_vid(ALARM, "zabbix", "a")
     assert tf.refs[0].vid == expected_vid(ALARM, "zabbix", "a")
+
+
+def test_vitrage_events_have_no_transformer() -> None:
+    """They are evaluator actions, handled by the processor's action path."""
+    with pytest.raises(MalformedEvent, match="no transformer for 'vitrage'"):
+        transform(
+            ev("vitrage", "d1", 0, name="n", resource_type="nova.host", resource_id="h"), STATES
+        )
 
 
 @pytest.mark.parametrize(
