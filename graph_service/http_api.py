@@ -14,7 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from graph_service import crashpoints
 from graph_service.entity_graph import CATEGORY, IS_DELETED, TYPE, EntityGraph
+from graph_service.evaluation import Evaluation
 from graph_service.metrics import Metrics
+from graph_service.rca import rca
+from graph_service.templates import TemplateError, validate_text
 from graph_service.transformers import AGGREGATED_SEVERITY, RESOURCE_VID
 from rca_common.settings import Settings
 
@@ -25,6 +28,7 @@ class ServiceView(Protocol):
     graph: EntityGraph
     metrics: Metrics
     settings: Settings
+    evaluation: Evaluation
 
     def is_ready(self) -> bool: ...
 
@@ -126,6 +130,36 @@ def create_app(service: ServiceView) -> web.Application:
         except (KeyError, ValueError) as exc:
             return _json({"error": str(exc)}, 400)
         return _json({"armed": body})
+
+    @routes.get("/v1/alarms/{vid}")
+    async def alarm(request: web.Request) -> web.Response:
+        attrs = service.graph.vertex(request.match_info["vid"])
+        if attrs is None or attrs.get(CATEGORY) != "ALARM":
+            return _json({"error": "no such alarm"}, 404)
+        return _json(attrs)
+
+    @routes.get("/v1/rca/{vid}")
+    async def root_cause(request: web.Request) -> web.Response:
+        vid = request.match_info["vid"]
+        attrs = service.graph.vertex(vid)
+        if attrs is None or attrs.get(CATEGORY) != "ALARM":
+            return _json({"error": "no such alarm"}, 404)
+        return _json(rca(service.graph, vid))
+
+    @routes.get("/v1/templates")
+    async def templates(request: web.Request) -> web.Response:
+        return _json({"templates": service.evaluation.listing()})
+
+    @routes.post("/v1/templates/validate")
+    async def validate(request: web.Request) -> web.Response:
+        """Check a template (the YAML text as the body) without loading it."""
+        name = request.query.get("name", "template.yaml")
+        try:
+            template = validate_text(await request.text(), name)
+        except TemplateError as exc:
+            return _json({"valid": False, "file": exc.file, "line": exc.line,
+                          "reason": exc.reason}, 400)  # fmt: skip
+        return _json({"valid": True, "name": template.name, "scenarios": len(template.scenarios)})
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:

@@ -278,7 +278,10 @@ class Ingest:
             self.end_snapshots[event.source] = self.end_snapshots.get(event.source, 0) + 1
         self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
         if self.on_outcome is not None:
-            self.on_outcome(outcome)
+            try:
+                self.on_outcome(outcome)
+            except Exception:  # an evaluator fault must not stop the data path
+                log.exception("evaluation failed", event_id=event.event_id)
 
     def process_local(self, event: Event) -> Outcome:
         """Apply an event made inside the service (evaluator actions): sequenced like any other."""

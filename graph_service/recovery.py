@@ -102,6 +102,7 @@ async def replay_log(
     upto_seq: int,
     snapshot_epoch: int,
     report: RecoveryReport,
+    on_changes: Callable[[list[Any]], None] | None = None,
 ) -> int:
     """Apply the logged changes of ``after_seq < seq <= upto_seq`` in order.
 
@@ -135,6 +136,8 @@ async def replay_log(
                 raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
             data = orjson.loads(record)
             processor.replay_wire(data["event"], data["changes"])
+            if on_changes is not None:
+                on_changes(data["changes"])
             expected = seq + 1
             done += 1
         crashpoints.hit("replay", len(rows))

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiohttp import web
 
 from graph_service.entity_graph import EntityGraph
+from graph_service.evaluation import Evaluation
 from graph_service.http_api import create_app
 from graph_service.ingest import Ingest
 from graph_service.leadership import Leadership
@@ -53,6 +54,7 @@ class GraphService:
         self.topology = BrokerTopology.from_settings(settings)
         self.get_all_state: dict[str, Any] = {"state": "not requested"}
         self.report = RecoveryReport()
+        self.evaluation = Evaluation(settings.templates_dir)
         self.stopped = asyncio.Event()
         self.exit_code = 0
         self.epoch: int | None = None
@@ -77,7 +79,7 @@ class GraphService:
         return self.processor.graph
 
     def is_ready(self) -> bool:
-        return self.lifecycle.is_active
+        return self.lifecycle.is_active and self.evaluation.enabled
 
     def request_snapshot(self) -> bool:
         if self.snapshots is None or not self.lifecycle.is_active:
@@ -99,6 +101,7 @@ class GraphService:
             "last_event_at": ingest.last_event_at if ingest else None,
             "last_sample_timestamp": ingest.last_sample_ts if ingest else None,
             "recovery": self.report.as_dict(),
+            "evaluators": self.evaluation.status(),
             "get_all": self.get_all_state,
             "snapshot": self.snapshot_state,
             "end_snapshots": dict(ingest.end_snapshots) if ingest else {},
@@ -116,6 +119,7 @@ class GraphService:
             events_queue=s.events_queue,
             persistency=s.enable_persistency,
         )
+        self.evaluation.load()
         self.connection = await aio_pika.connect_robust(s.amqp_url)
         self.consume_channel = await self.connection.channel()
         await self.consume_channel.set_qos(prefetch_count=s.prefetch)

@@ -61,6 +61,9 @@ class Takeover:
         drain_started = ingest.drained_events
         await ingest.drain("draining")
         report.drained_events = ingest.drained_events - drain_started
+        svc.evaluation.enable(
+            ingest, f"{report.mode}/{svc.epoch}", whole_graph=report.mode == "fresh"
+        )
         svc.lifecycle.enter(
             Phase.ACTIVE, mode=report.mode, vertices=len(svc.graph), last_seq=ingest.seq
         )
@@ -114,6 +117,7 @@ class Takeover:
             )
             sink.start_at(last_seq)
             ingest.sink = sink
+        ingest.on_outcome = lambda outcome: svc.evaluation.on_outcome(ingest, outcome)
         svc.ingest = ingest
         ingest.start(svc.declared.queues[svc.topology.events_queue.name])
         return ingest
@@ -157,7 +161,13 @@ class Takeover:
             svc.processor.import_state(snap.state["processor"])
             try:
                 last = await replay_log(
-                    conn, svc.processor, snap.snapshot_seq, max_seq, snap.epoch, report
+                    conn,
+                    svc.processor,
+                    snap.snapshot_seq,
+                    max_seq,
+                    snap.epoch,
+                    report,
+                    on_changes=svc.evaluation.mark_dirty,
                 )
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
@@ -166,6 +176,7 @@ class Takeover:
                     min_time_to_delete=self.settings.min_time_to_delete,
                     recent_capacity=self.settings.recent_event_ids,
                 )
+                svc.evaluation.dirty.clear()
                 return max_seq
             report.mode = "snapshot"
             return last

@@ -37,6 +37,8 @@ async def test_short_drill_loses_nothing_and_applies_nothing_twice(tmp_path: Pat
     totals = report["totals"]
     assert report["graph"]["equal"], report["graph"]
     assert totals["lost"] == 0 and totals["duplicated"] == 0, report
+    assert totals["deduced_raised_twice"] == 0
+    assert totals["deduced_alarms_live"] > 0, "the storms should leave deduced alarms"
     assert totals["get_all_answered"] == 1
     assert report["ok"]
     assert [k["kind"] for k in report["kills"]] == [*cfg.plan, "random"]
