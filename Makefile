@@ -7,7 +7,11 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 HTTP_PORT ?= 8999
 
-.PHONY: venv services run stop test lint unit bench clean
+# The sandbox's container setup (podman, podman-compose, a local base image),
+# beside the repo clone; `make containers` runs it when present (see deploy/CONTAINERS.md).
+CONTAINERS_SETUP ?= $(CURDIR)/../shared/containers/setup.sh
+
+.PHONY: venv services containers run stop test lint unit bench clean
 
 $(BIN)/graph-service: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,11 +34,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv services lint
+containers:
+	@bash deploy/prepare-containers.sh "$(CONTAINERS_SETUP)"
+
+test: venv services lint containers
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -m "not integration and not containers"
 
 bench: venv services
 	$(BIN)/python -m benchmarks.run
