@@ -8,7 +8,7 @@ RUN_DIR ?= .run
 HTTP_PORT ?= 8999
 
 # The sandbox's container setup (podman, podman-compose, a local base image),
-# beside the repo clone; `make containers` runs it when present (see deploy/CONTAINERS.md).
+# beside the repo clone; `make containers` runs it when present (see README.md, section Containers).
 CONTAINERS_SETUP ?= $(CURDIR)/../shared/containers/setup.sh
 
 .PHONY: venv services containers run stop test lint unit bench clean

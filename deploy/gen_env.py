@@ -31,7 +31,7 @@ END = "# END settings"
 STACK_DOCS: dict[str, str] = {
     "RCA_IMAGE": "Name of the project image that compose builds and runs.",
     "BASE_IMAGE": "Base of the project image (build argument). Where no registry is"
-    " reachable: localhost/python:3.11-slim-bookworm (see deploy/CONTAINERS.md).",
+    " reachable: localhost/python:3.11-slim-bookworm (see README.md, section Containers).",
     "POSTGRES_IMAGE": "PostgreSQL image. deploy/Dockerfile.postgres builds a stand-in from"
     " Debian's packages where the official image cannot be pulled.",
     "RABBITMQ_IMAGE": "RabbitMQ image. deploy/Dockerfile.rabbitmq builds a stand-in from"
