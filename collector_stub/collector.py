@@ -241,7 +241,7 @@ class Collector:
         delay = 0.1
         while True:
             try:
-                await self.publisher.publish(batch)
+                await self._publish_or_give_up(batch)
                 return
             except Exception as exc:
                 if self._stopping.is_set() or self.connection is None:
@@ -250,6 +250,22 @@ class Collector:
                 log.warning("publish failed, retrying", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)  # backoff while the connection recovers
                 delay = min(delay * 2, 5.0)
+
+    async def _publish_or_give_up(self, batch: list[dict[str, Any]]) -> None:
+        """One publish; once a stop is asked for, it gets SHUTDOWN_TIMEOUT more at most
+        (a publish waiting for a reconnect would otherwise hold the shutdown forever)."""
+        publish = asyncio.ensure_future(self.publisher.publish(batch))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({publish, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not publish.done():
+            try:
+                await asyncio.wait_for(publish, self.settings.shutdown_timeout)
+            except TimeoutError:
+                raise ConnectionError("broker unreachable at shutdown") from None
+        publish.result()
 
     async def _paced_inner(
         self, source: Any, count: int | None, rate: float, *, scripted: bool
