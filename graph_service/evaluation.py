@@ -33,6 +33,42 @@ log = get_logger(__name__)
 VITRAGE = "vitrage"
 
 
+class ReplayDirt:
+    """Which replayed records the evaluators have not seen, so that enabling after a
+    takeover evaluates only those (not every vertex the replayed log touched).
+
+    A record of an epoch whose evaluators had been enabled, after the seq at which
+    they were, was evaluated live, synchronously with its trigger — except, maybe,
+    the last trigger of the log (its leader may have died in the middle of its
+    follow-ups). Records before the newest enabling pass were covered by it. Every
+    other record (a leader that died before enabling) is dirty.
+    """
+
+    def __init__(self, evaluation: Evaluation, enabled: dict[int, int], upto: int) -> None:
+        self.evaluation = evaluation
+        # an enabling pass counts only if all its records are in the log we replay
+        self.enabled = {e: s for e, s in enabled.items() if s <= upto}
+        self.cut = max(self.enabled.values(), default=0)
+        self.pending: dict[str, None] = {}
+        self.records_dirty = 0
+
+    def __call__(self, seq: int, epoch: int, event: dict[str, Any], changes: Any) -> None:
+        if seq <= self.cut:
+            return
+        enabled_at = self.enabled.get(epoch)
+        if enabled_at is None or seq <= enabled_at:
+            self.records_dirty += 1
+            self.evaluation.mark_dirty(changes)
+        elif event.get("entity_type") != VITRAGE:  # a new trigger: the last one is complete
+            self.pending = dict.fromkeys(touched_vertices(changes)) if changes else {}
+        elif changes:
+            self.pending.update(dict.fromkeys(touched_vertices(changes)))
+
+    def finish(self) -> None:
+        """The last trigger's group may be incomplete: evaluate it again (idempotent)."""
+        self.evaluation.dirty.update(self.pending)
+
+
 class Evaluation:
     """Templates, the evaluator, the enabled flag and the dirty set."""
 

@@ -102,7 +102,7 @@ async def replay_log(
     upto_seq: int,
     snapshot_epoch: int,
     report: RecoveryReport,
-    on_changes: Callable[[list[Any]], None] | None = None,
+    on_record: Callable[[int, int, dict[str, Any], list[Any]], None] | None = None,
 ) -> int:
     """Apply the logged changes of ``after_seq < seq <= upto_seq`` in order.
 
@@ -136,8 +136,8 @@ async def replay_log(
                 raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
             data = orjson.loads(record)
             processor.replay_wire(data["event"], data["changes"])
-            if on_changes is not None:
-                on_changes(data["changes"])
+            if on_record is not None:
+                on_record(seq, epoch, data["event"], data["changes"])
             expected = seq + 1
             done += 1
         crashpoints.hit("replay", len(rows))
@@ -161,6 +161,15 @@ async def replay_log(
     report.replay_rate = round(done / elapsed) if elapsed > 0 and done else None
     log.info("replay done", replayed=done, seconds=round(elapsed, 3), rate=report.replay_rate)
     return expected - 1
+
+
+async def evaluators_enabled(conn: asyncpg.Connection) -> dict[int, int]:
+    """epoch -> the seq after which that leader's evaluators ran live (if they did)."""
+    rows = await conn.fetch(
+        "SELECT epoch, evaluators_enabled_seq FROM leader_epochs"
+        " WHERE evaluators_enabled_seq IS NOT NULL"
+    )
+    return {int(r["epoch"]): int(r["evaluators_enabled_seq"]) for r in rows}
 
 
 async def log_end(conn: asyncpg.Connection) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 
+from graph_service.evaluation import ReplayDirt
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
 from graph_service.log_publisher import AmqpLogSink
@@ -20,6 +21,7 @@ from graph_service.processor import Processor
 from graph_service.recovery import (
     RecoveryReport,
     ReplayGap,
+    evaluators_enabled,
     log_end,
     replay_log,
     wait_for_barrier,
@@ -64,6 +66,7 @@ class Takeover:
         svc.evaluation.enable(
             ingest, f"{report.mode}/{svc.epoch}", whole_graph=report.mode == "fresh"
         )
+        await self._record_evaluators_enabled(ingest.seq)
         svc.lifecycle.enter(
             Phase.ACTIVE, mode=report.mode, vertices=len(svc.graph), last_seq=ingest.seq
         )
@@ -159,6 +162,7 @@ class Takeover:
             report.snapshot_age_s = round(snap.age_s, 3)
             report.snapshot_load_s = round(snap.decode_s, 6)
             svc.processor.import_state(snap.state["processor"])
+            dirt = ReplayDirt(svc.evaluation, await evaluators_enabled(conn), max_seq)
             try:
                 last = await replay_log(
                     conn,
@@ -167,8 +171,9 @@ class Takeover:
                     max_seq,
                     snap.epoch,
                     report,
-                    on_changes=svc.evaluation.mark_dirty,
+                    on_record=dirt,
                 )
+                dirt.finish()
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
                 log.error("replay failed: fresh start", reason=report.reason)
@@ -180,6 +185,16 @@ class Takeover:
                 return max_seq
             report.mode = "snapshot"
             return last
+
+    async def _record_evaluators_enabled(self, seq: int) -> None:
+        """Tell the next leader from which seq on our records were evaluated live."""
+        svc = self.svc
+        assert svc.pool is not None
+        await svc.pool.execute(
+            "UPDATE leader_epochs SET evaluators_enabled_seq = $1 WHERE epoch = $2",
+            seq,
+            svc.epoch,
+        )
 
     async def _publish_barrier(self) -> None:
         svc = self.svc

@@ -59,6 +59,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX graph_snapshots_seq ON graph_snapshots (snapshot_seq DESC);
         """,
     ),
+    (
+        2,
+        """
+        -- The seq after which a leader's evaluators ran live: records of that epoch
+        -- up to it were covered by its enabling pass, records after it were evaluated
+        -- as they were processed. A new leader re-evaluates only the rest.
+        ALTER TABLE leader_epochs ADD COLUMN evaluators_enabled_seq bigint;
+        """,
+    ),
 ]
 
 
