@@ -20,7 +20,9 @@ in-process. Per topology size (``10k``; ``100k`` = ``TopologyConfig.large()``,
    replay rate, phase durations), and its graph compared with the dead
    active's (a digest of every vertex and edge).
 
-``fresh_over_snapshot`` is 2. / 4. (target ≥ 10x at 100k).
+``fresh_over_snapshot`` is 2. / 4. (target ≥ 10x at 100k). Stream events are
+collector events; the evaluator's action events they cause are records too
+(sequenced, logged, replayed), counted apart as ``evaluator_events``.
 
 End to end (``--e2e-size``): a fresh deployment loads the topology by
 ``get_all`` (the time to build the graph), then ``--e2e-events`` stream events,
@@ -88,6 +90,7 @@ from rca_common.logging import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSOR_BENCH = ROOT / "benchmarks" / "processor_bench.py"
+CEILING_EVALUATOR_EVENTS = 20_000  # the in-process ceiling with the evaluator is slow
 
 
 @dataclass
@@ -96,10 +99,11 @@ class BenchConfig:
     events: int = 50_000
     e2e_size: str | None = "100k"
     e2e_events: int = 200_000
-    e2e_rounds: int = 2
+    e2e_rounds: int = 1
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="failover-bench-")))
     timeout: float = 600.0
     keep_logs: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # --env overrides for every service
 
 
 def phase_facts(phases: dict[str, float], since: float) -> dict[str, Any]:
@@ -215,17 +219,21 @@ async def admin_snapshot(dep: Deployment, inst: Instance, tail: LogTail) -> dict
 async def stream_and_commit(dep: Deployment, inst: Instance, n: int) -> dict[str, Any]:
     """Publish ``n`` stream events; until processed, confirmed and committed."""
     assert dep.collector is not None
-    handled = await dep.events_handled(inst)
+    before = await dep.events_handled(inst)
+    base_seq = (await dep.status(inst))["last_seq"]
     t0 = time.monotonic()
     events = await dep.collector.publish_stream(n)
     t_pub = time.monotonic()
-    t_proc = await dep.until_handled(inst, handled + len(events))
+    t_proc = await dep.until_handled(inst, before["collector"] + len(events))
     st = await dep.until_status(
         inst, lambda s: s["confirmed_seq"] >= s["last_seq"], "confirmed records"
     )
     t_log = await dep.until_logged(st["last_seq"])
+    after = await dep.events_handled(inst)
     return {
         "events": len(events),
+        "evaluator_events": after["evaluator"] - before["evaluator"],
+        "records": st["last_seq"] - base_seq,
         "publish_s": round(t_pub - t0, 3),
         "processed_s": round(t_proc - t0, 3),
         "persisted_s": round(t_log - t0, 3),
@@ -316,7 +324,9 @@ async def guarded(
 
 
 async def failover_run(name: str, cfg: BenchConfig) -> dict[str, Any]:
-    dep = Deployment(f"failover-{name}", SIZES[name], cfg.workdir, timeout=cfg.timeout)
+    dep = Deployment(
+        f"failover-{name}", SIZES[name], cfg.workdir, timeout=cfg.timeout, overrides=cfg.env
+    )
     out: dict[str, Any] = {"size": name, "stream_events_since_snapshot": cfg.events}
     return await guarded(dep, out, lambda: failover_steps(dep, name, cfg, out))
 
@@ -344,26 +354,28 @@ async def e2e_measure(
     """Publish pre-generated events; until the graph (and the log) has them all."""
     assert dep.collector is not None
     n = len(events)
-    want_handled = await dep.events_handled(inst) + n
-    want_seq = (await dep.status(inst))["last_seq"] + n
+    before = await dep.events_handled(inst)
+    base_seq = (await dep.status(inst))["last_seq"]
     t0 = time.monotonic()
     publisher = asyncio.create_task(publish_all(dep.collector, events))
-    t_graph = await dep.until_handled(inst, want_handled, poll=0.05)
+    t_graph = await dep.until_handled(inst, before["collector"] + n, poll=0.05)
+    # Records: the stream's plus the evaluator's action events (also sequenced and logged).
+    last_seq = (await dep.status(inst))["last_seq"]
     out: dict[str, Any] = {"events": n}
     if dep.persistency:
-        t_log = await dep.until_logged(want_seq, poll=0.05)
+        t_log = await dep.until_logged(last_seq, poll=0.05)
         out["persisted_s"] = round(t_log - t0, 3)
         out["persisted_events_per_s"] = round(n / (t_log - t0))
     t_pub = await publisher
+    after = await dep.events_handled(inst)
     out.update(
         publish_s=round(t_pub - t0, 3),
         publish_events_per_s=round(n / (t_pub - t0)),
         graph_processed_s=round(t_graph - t0, 3),
         graph_events_per_s=round(n / (t_graph - t0)),
+        records=last_seq - base_seq,
+        evaluator_events=after["evaluator"] - before["evaluator"],
     )
-    st = await dep.status(inst)
-    if st["last_seq"] != want_seq:
-        raise RuntimeError(f"last_seq {st['last_seq']} after the stream, expected {want_seq}")
     return out
 
 
@@ -404,52 +416,118 @@ async def e2e_steps(
         write_shape(await dep.fetch_topology(a), shape)
 
 
-async def e2e_run(cfg: BenchConfig, persistency: bool, *, shape: Path | None) -> dict[str, Any]:
+async def e2e_run(
+    cfg: BenchConfig, persistency: bool, n: int, *, shape: Path | None
+) -> dict[str, Any]:
     assert cfg.e2e_size is not None
-    label = f"e2e-{cfg.e2e_size}-{'on' if persistency else 'off'}"
+    label = f"e2e-{cfg.e2e_size}-{'on' if persistency else 'off'}-{n}"
     dep = Deployment(
-        label, SIZES[cfg.e2e_size], cfg.workdir, persistency=persistency, timeout=cfg.timeout
+        label,
+        SIZES[cfg.e2e_size],
+        cfg.workdir,
+        persistency=persistency,
+        timeout=cfg.timeout,
+        overrides=cfg.env,
     )
     out: dict[str, Any] = {"persistency": persistency, "size": cfg.e2e_size}
     return await guarded(dep, out, lambda: e2e_steps(dep, cfg, out, shape))
 
 
-def processor_ceiling(size: str, events: int) -> dict[str, Any]:
-    """In one process, no broker: the same get_all and stream events, decoded from
-    500-event bodies and processed (what the service's ingest loop cannot beat)."""
-    from collector_stub.stream import StreamConfig, UpdateStream
-    from collector_stub.topology import generate_topology
-    from graph_service.processor import Processor
+class _LocalIngest:
+    """What the evaluator needs from the ingest loop, in one process: no broker, no log."""
+
+    def __init__(self, processor: Any, evaluation: Any) -> None:
+        self.processor = processor
+        self.evaluation = evaluation
+        self.action_events = 0
+
+    def process_local(self, event: Any) -> Any:
+        outcome = self.processor.process(event)
+        if event.entity_type == "vitrage":
+            self.action_events += 1
+        if outcome.logged:
+            self.evaluation.on_outcome(self, outcome)
+        return outcome
+
+
+def _timed_pass(process: Callable[[Any], Any], batch: list[dict[str, Any]]) -> dict[str, int]:
     from rca_common.events import decode_events
 
-    stream = UpdateStream(
-        generate_topology(SIZES[size], SEED), StreamConfig(seed=SEED, clock_start=CLOCK_START)
-    )
-    snapshot = list(stream.snapshot()[0])
-    updates = stream.take(events)
-    out: dict[str, Any] = {"get_all_events": len(snapshot), "stream_events": len(updates)}
+    bodies = [orjson.dumps(batch[i : i + BATCH]) for i in range(0, len(batch), BATCH)]
+    t0 = time.perf_counter()
+    decoded = [decode_events(body) for body in bodies]
+    t1 = time.perf_counter()
+    for chunk in decoded:
+        for event in chunk:
+            process(event)
+    t2 = time.perf_counter()
+    return {
+        "decode_and_process_per_s": round(len(batch) / (t2 - t0)),
+        "process_per_s": round(len(batch) / (t2 - t1)),
+    }
+
+
+def processor_ceiling(size: str, events: int, evaluator_events: int) -> dict[str, Any]:
+    """In one process, no broker: the same get_all and stream events, decoded from
+    500-event bodies and processed, without and with the evaluator (as the service
+    runs it: disabled during get_all, a whole-graph pass, then per event)."""
+    from collector_stub.stream import StreamConfig, UpdateStream
+    from collector_stub.topology import generate_topology
+    from graph_service.evaluation import Evaluation
+    from graph_service.processor import Processor
+
+    def stream() -> UpdateStream:
+        topo = generate_topology(SIZES[size], SEED)
+        return UpdateStream(topo, StreamConfig(seed=SEED, clock_start=CLOCK_START))
+
+    plain = stream()
+    snapshot = list(plain.snapshot()[0])
     processor = Processor()
-    for name, batch in (("get_all", snapshot), ("stream", updates)):
-        bodies = [orjson.dumps(batch[i : i + BATCH]) for i in range(0, len(batch), BATCH)]
-        t0 = time.perf_counter()
-        decoded = [decode_events(body) for body in bodies]
-        t1 = time.perf_counter()
-        for chunk in decoded:
-            for event in chunk:
-                processor.process(event)
-        t2 = time.perf_counter()
-        out[f"{name}_decode_and_process_per_s"] = round(len(batch) / (t2 - t0))
-        out[f"{name}_process_per_s"] = round(len(batch) / (t2 - t1))
+    out: dict[str, Any] = {
+        "get_all_events": len(snapshot),
+        "get_all": _timed_pass(processor.process, snapshot),
+        "stream_events": events,
+        "stream": _timed_pass(processor.process, plain.take(events)),
+    }
+    evaluated = stream()
+    snapshot = list(evaluated.snapshot()[0])
+    evaluation = Evaluation(os.environ.get("TEMPLATES_DIR") or None)  # as the service reads it
+    evaluation.load()
+    ingest = _LocalIngest(Processor(), evaluation)
+    _timed_pass(ingest.process_local, snapshot)
+    t0 = time.perf_counter()
+    evaluation.enable(ingest, "bench-whole-graph", whole_graph=True)
+    out["evaluator_whole_graph_s"] = round(time.perf_counter() - t0, 3)
+    updates = evaluated.take(evaluator_events)
+    actions = ingest.action_events
+    out["stream_with_evaluator_events"] = len(updates)
+    out["stream_with_evaluator"] = {
+        **_timed_pass(ingest.process_local, updates),
+        "templates": len(evaluation.templates),
+        "action_events_per_stream_event": round(
+            (ingest.action_events - actions) / max(len(updates), 1), 2
+        ),
+    }
     return out
 
 
-def run_ceiling(size: str, events: int) -> dict[str, Any]:
+def run_ceiling(size: str, events: int, env: dict[str, str]) -> dict[str, Any]:
+    with_evaluator = str(min(events, CEILING_EVALUATOR_EVENTS))
     proc = subprocess.run(
-        [sys.executable, "-m", "failover_drill.bench", "--ceiling-child", size, str(events)],
+        [
+            sys.executable,
+            "-m",
+            "failover_drill.bench",
+            "--ceiling-child",
+            size,
+            str(events),
+            with_evaluator,
+        ],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        env={**os.environ, **env},
     )
     return orjson.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -509,8 +587,8 @@ async def e2e(cfg: BenchConfig) -> dict[str, Any]:
     offs: list[dict[str, Any]] = []
     ons: list[dict[str, Any]] = []
     for n in range(cfg.e2e_rounds):
-        offs.append(await e2e_run(cfg, False, shape=shape if n == 0 else None))
-        ons.append(await e2e_run(cfg, True, shape=None))
+        offs.append(await e2e_run(cfg, False, n + 1, shape=shape if n == 0 else None))
+        ons.append(await e2e_run(cfg, True, n + 1, shape=None))
     off, on = max(offs, key=_rate), max(ons, key=_rate)
     mem = offs[0].pop("memory", None)
     out: dict[str, Any] = {
@@ -528,7 +606,9 @@ async def e2e(cfg: BenchConfig) -> dict[str, Any]:
         }
     say(f"e2e-{cfg.e2e_size}: the processor alone on the same events (in-process ceiling)")
     try:
-        out["processor_only"] = await asyncio.to_thread(run_ceiling, cfg.e2e_size, cfg.e2e_events)
+        out["processor_only"] = await asyncio.to_thread(
+            run_ceiling, cfg.e2e_size, cfg.e2e_events, cfg.env
+        )
     except subprocess.CalledProcessError as exc:
         out["processor_only"] = {"error": exc.stderr[-2000:]}
     if mem is not None and shape.exists():
@@ -563,6 +643,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "snapshot_failover_s": sf.get("kill_to_ready_s"),
             "fresh_over_snapshot": run.get("fresh_over_snapshot"),
             "cold_start_s": (run.get("cold_start") or {}).get("process_start_to_ready_s"),
+            "stream_events_after_snapshot": (run.get("stream") or {}).get("events"),
+            "evaluator_events_after_snapshot": (run.get("stream") or {}).get("evaluator_events"),
             "replayed": sf.get("replayed"),
             "replay_rate": sf.get("replay_rate"),
             "snapshot_pause_ms": (run.get("snapshot") or {}).get("pause_ms"),
@@ -580,9 +662,15 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "graph_events_per_s_on": t_on.get("graph_events_per_s"),
             "persisted_events_per_s_on": t_on.get("persisted_events_per_s"),
             "persistency_cost_pct": e.get("persistency_cost_pct"),
-            "processor_only_events_per_s": (e.get("processor_only") or {}).get(
-                "stream_decode_and_process_per_s"
-            ),
+            "records_per_stream_event": ratio(t_off.get("records"), t_off.get("events")),
+            "in_process_events_per_s": {
+                "processor": ((e.get("processor_only") or {}).get("stream") or {}).get(
+                    "decode_and_process_per_s"
+                ),
+                "processor_and_evaluator": (
+                    (e.get("processor_only") or {}).get("stream_with_evaluator") or {}
+                ).get("decode_and_process_per_s"),
+            },
             "get_all_build_s": off.get("load", {}).get("get_all_s"),
             "peak_rss_mb": m.get("peak_rss_mb"),
             "graph_rss_mb": m.get("graph_rss_mb"),
@@ -612,7 +700,7 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
             "events_since_snapshot": cfg.events,
             "e2e_size": cfg.e2e_size,
             "e2e_events": cfg.e2e_events,
-            "env": BASE_ENV,
+            "env": {**BASE_ENV, **cfg.env},
         },
         "failover": {},
     }
@@ -637,9 +725,16 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--events", type=int, default=50_000, help="stream events after the snapshot")
     p.add_argument("--e2e-size", default="100k", help="10k, 100k, or none")
     p.add_argument("--e2e-events", type=int, default=200_000)
-    p.add_argument("--e2e-rounds", type=int, default=2, help="off/on pairs; the best is kept")
+    p.add_argument("--e2e-rounds", type=int, default=1, help="off/on pairs; the best is kept")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service process (repeatable), e.g. LEADER_FENCE_TIMEOUT=3",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="per wait, seconds")
-    p.add_argument("--ceiling-child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--ceiling-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument(
         "--logs",
         type=Path,
@@ -648,7 +743,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     a = p.parse_args(argv)
     if a.ceiling_child:
-        print(orjson.dumps(processor_ceiling(a.ceiling_child[0], int(a.ceiling_child[1]))).decode())
+        size, events, evaluated = a.ceiling_child
+        setup_logging("warning", "json", service="failover-bench")  # stdout is the result's
+        print(orjson.dumps(processor_ceiling(size, int(events), int(evaluated))).decode())
         sys.exit(0)
     sizes = [s for s in a.sizes.split(",") if s]
     e2e_size = None if a.e2e_size in ("", "none") else a.e2e_size
@@ -662,6 +759,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         e2e_events=a.e2e_events,
         e2e_rounds=max(1, a.e2e_rounds),
         timeout=a.timeout,
+        env=dict(kv.split("=", 1) for kv in a.env),
     )
     if a.logs is not None:
         a.logs.mkdir(parents=True, exist_ok=True)
