@@ -78,6 +78,7 @@ class EntityGraph:
         self._g: nx.MultiDiGraph = nx.MultiDiGraph()
         # vid -> time of deletion, in the order deletions happened (purge queue).
         self._deleted: dict[str, datetime] = {}
+        self._edges = 0  # networkx counts edges in O(V + E); /status asks often
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ class EntityGraph:
         g._pred = state["pred"]
         self._g = g
         self._deleted = state["deleted"]
+        self._edges = g.number_of_edges()
 
     # ----------------------------------------------------------------- mutation
     def apply(self, changes: Iterable[Sequence[Any]]) -> None:
@@ -130,10 +132,14 @@ class EntityGraph:
                 attrs = keys.get(label)
                 if attrs is None:
                     attrs = keys[label] = {}
+                    self._edges += 1
                 _update(attrs, ch[4], ch[5])
             elif op == "V":
                 vid = ch[1]
                 if vid in nodes:
+                    self._edges -= sum(map(len, succ[vid].values())) + sum(
+                        map(len, pred[vid].values())
+                    )
                     self._g.remove_node(vid)
                 self._deleted.pop(vid, None)
             elif op == "E":
@@ -141,6 +147,7 @@ class EntityGraph:
                 keys = succ.get(src, {}).get(dst)
                 if keys is not None and label in keys:
                     del keys[label]
+                    self._edges -= 1
                     if not keys:
                         del succ[src][dst]
                         del pred[dst][src]
@@ -184,7 +191,7 @@ class EntityGraph:
 
     @property
     def edge_count(self) -> int:
-        return self._g.number_of_edges()
+        return self._edges
 
     def vertex(self, vid: str) -> Props | None:
         """The vertex's properties (a live dict: do not mutate), or None."""

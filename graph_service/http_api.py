@@ -32,6 +32,8 @@ class ServiceView(Protocol):
 
     def is_ready(self) -> bool: ...
 
+    def phase(self) -> str: ...
+
     def status(self) -> dict[str, Any]: ...
 
     def request_snapshot(self) -> bool: ...
@@ -50,12 +52,12 @@ def create_app(service: ServiceView) -> web.Application:
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok", "phase": service.status()["phase"]})
+        return _json({"status": "ok", "phase": service.phase()})
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
         ready = service.is_ready()
-        return _json({"ready": ready, "phase": service.status()["phase"]}, 200 if ready else 503)
+        return _json({"ready": ready, "phase": service.phase()}, 200 if ready else 503)
 
     @routes.get("/status")
     async def status(request: web.Request) -> web.Response:

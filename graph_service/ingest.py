@@ -33,6 +33,7 @@ from rca_common.records import LogRecord
 log = get_logger(__name__)
 
 MARKER_HEADER = "x-rca-marker"
+YIELD_EVERY = 0.02  # seconds of processing between two turns of the event loop
 
 
 class LogSink(Protocol):
@@ -139,6 +140,7 @@ class Ingest:
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._consumer: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._last_yield = time.perf_counter()
 
     # ---------------------------------------------------------------- running
     def start(self, queue: AbstractQueue) -> None:
@@ -150,6 +152,14 @@ class Ingest:
                 await self.handle(message)
                 if self._stopping.is_set():
                     break
+                if time.perf_counter() - self._last_yield > YIELD_EVERY:
+                    await self._yield()
+
+    async def _yield(self) -> None:
+        """Let the loop run between events: the leader watchdog, publisher confirms and
+        the HTTP API must not wait for a backlog (buffered deliveries never suspend)."""
+        await asyncio.sleep(0)
+        self._last_yield = time.perf_counter()
 
     def halt(self) -> None:
         """Self-fencing: stop at once; nothing more is processed, published or acked."""
@@ -254,6 +264,8 @@ class Ingest:
             self.tracker.add(message, self.seq)
             return
         for event in events:
+            if time.perf_counter() - self._last_yield > YIELD_EVERY:
+                await self._yield()
             try:
                 outcome = self.processor.process(event)
             except MalformedEvent as exc:

@@ -78,6 +78,9 @@ class GraphService:
     def graph(self) -> EntityGraph:
         return self.processor.graph
 
+    def phase(self) -> str:
+        return self.lifecycle.phase.value
+
     def is_ready(self) -> bool:
         return self.lifecycle.is_active and self.evaluation.enabled
 

@@ -451,3 +451,11 @@ def test_snapshot_restore_then_process_the_rest_gives_the_same_graph(
     run(p, events[cut:])
     assert canonical(p.graph) == canonical(p1.graph)
     assert bookkeeping(p) == bookkeeping(p1)
+
+
+def test_the_edge_counter_agrees_with_networkx(stream: Stream) -> None:
+    """EntityGraph counts edges itself (networkx would walk the graph every time)."""
+    _, p1, _ = stream
+    assert p1.graph.edge_count == p1.graph._g.number_of_edges() > 0
+    restored = pickle.loads(pickle.dumps(p1.graph))
+    assert restored.edge_count == p1.graph.edge_count

@@ -100,3 +100,20 @@ async def test_lock_connection_has_short_server_side_timeouts(settings: Settings
         "tcp_keepalives_count": "3",
         "tcp_user_timeout": "5000",  # milliseconds
     }
+
+
+async def test_a_busy_event_loop_is_not_mistaken_for_a_lost_lock(settings: Settings) -> None:
+    """A long synchronous pass stalls the loop past F; the connection is fine, so the
+    next check succeeds and nothing is fenced (the kernel kept the TCP session alive)."""
+    lost: list[str] = []
+    leader = Leadership(settings, on_lost=lost.append)
+    await leader.wait_for_lock()
+    await leader.open_epoch()
+    stalled_at = time.monotonic()
+    time.sleep(settings.leader_fence_timeout * 1.5)  # the stall under test: a blocked loop
+    deadline = time.monotonic() + 10
+    while (leader.last_ok or 0) <= stalled_at and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (leader.last_ok or 0) > stalled_at, "no check succeeded after the stall"
+    assert lost == []
+    await leader.release()
