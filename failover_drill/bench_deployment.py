@@ -73,11 +73,6 @@ BASE_ENV = {
     "GET_ALL_TIMEOUT": "600",
     "BARRIER_TIMEOUT": "30",
     "PERSISTOR_HTTP_PORT": "0",
-    # Not a tuning: with the default 3 s an active under load fences itself (exit 3)
-    # although its lock connection is fine, because the ingest loop and the evaluator
-    # keep the event loop busy for longer than that (see the report). The kill →
-    # ready times do not depend on it: a SIGKILLed leader's connection closes at once.
-    "LEADER_FENCE_TIMEOUT": "30",
 }
 
 
