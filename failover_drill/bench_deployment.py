@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +34,7 @@ import psutil
 from collector_stub.collector import Collector
 from collector_stub.stream import StreamConfig
 from collector_stub.topology import TopologyConfig, generate_topology
-from failover_drill.cluster import Instance, free_port, get_json
+from failover_drill.cluster import Instance, free_port, get_json, isolated_names
 from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
 from rca_common.settings import Settings, load_settings
@@ -201,14 +200,8 @@ class Deployment:
     http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
-        tag = f"bench{uuid.uuid4().hex[:8]}"
         self.env = {
-            "EVENTS_QUEUE": f"{tag}.events",
-            "DEAD_LETTER_QUEUE": f"{tag}.dlq",
-            "COLLECTOR_RPC_QUEUE": f"{tag}.rpc",
-            "PROCESSED_EXCHANGE": f"{tag}.processed",
-            "PERSISTOR_QUEUE": f"{tag}.persistor",
-            "DB_SCHEMA": f"{tag}_log",
+            **isolated_names("bench"),
             **BASE_ENV,
             "ENABLE_PERSISTENCY": "true" if self.persistency else "false",
             **self.overrides,

@@ -14,12 +14,27 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 BIN = Path(sys.executable).parent
+
+
+def isolated_names(prefix: str) -> dict[str, str]:
+    """Queue, exchange and schema names of one throw-away deployment (unique per call),
+    as environment variables: runs share one broker and one database server."""
+    tag = f"{prefix}{uuid.uuid4().hex[:8]}"
+    return {
+        "EVENTS_QUEUE": f"{tag}.events",
+        "DEAD_LETTER_QUEUE": f"{tag}.dlq",
+        "COLLECTOR_RPC_QUEUE": f"{tag}.rpc",
+        "PROCESSED_EXCHANGE": f"{tag}.processed",
+        "PERSISTOR_QUEUE": f"{tag}.persistor",
+        "DB_SCHEMA": f"{tag}_log",
+    }
 
 
 def free_port() -> int:

@@ -17,7 +17,6 @@ import contextlib
 import random
 import statistics
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +30,7 @@ import orjson
 from collector_stub.collector import Collector
 from collector_stub.stream import StreamConfig, reference_events
 from collector_stub.topology import TopologyConfig, generate_topology
-from failover_drill.cluster import Instance, free_port, get_json, wait_ready
+from failover_drill.cluster import Instance, free_port, get_json, isolated_names, wait_ready
 from failover_drill.reference import compare_graphs, reference_graph
 from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
@@ -80,14 +79,8 @@ class Drill:
     def __init__(self, cfg: DrillConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        tag = f"drill{uuid.uuid4().hex[:8]}"
         self.env = {
-            "EVENTS_QUEUE": f"{tag}.events",
-            "DEAD_LETTER_QUEUE": f"{tag}.dlq",
-            "COLLECTOR_RPC_QUEUE": f"{tag}.rpc",
-            "PROCESSED_EXCHANGE": f"{tag}.processed",
-            "PERSISTOR_QUEUE": f"{tag}.persistor",
-            "DB_SCHEMA": f"{tag}_log",
+            **isolated_names("drill"),
             "LOG_FORMAT": "json",
             "RECONCILE_AFTER_TAKEOVER": "false",
             "SNAPSHOT_INTERVAL": "3600",

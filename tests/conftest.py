@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from failover_drill.cluster import isolated_names
 from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
 from rca_common.settings import Settings, load_settings
@@ -39,15 +39,7 @@ def free_port() -> int:
 
 def unique_env(tag: str = "t") -> dict[str, str]:
     """Environment overrides that isolate one test run on the shared broker and DB."""
-    u = f"{tag}{uuid.uuid4().hex[:10]}"
-    return {
-        "EVENTS_QUEUE": f"{u}.events",
-        "DEAD_LETTER_QUEUE": f"{u}.dlq",
-        "COLLECTOR_RPC_QUEUE": f"{u}.rpc",
-        "PROCESSED_EXCHANGE": f"{u}.processed",
-        "PERSISTOR_QUEUE": f"{u}.persistor",
-        "DB_SCHEMA": f"{u}_schema",
-    }
+    return isolated_names(tag)
 
 
 def settings_from(env: dict[str, str]) -> Settings:
