@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,19 +21,13 @@ import asyncpg
 import httpx
 import pytest
 
-from failover_drill.cluster import isolated_names
+from failover_drill.cluster import free_port, isolated_names
 from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
 from rca_common.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique_env(tag: str = "t") -> dict[str, str]:
