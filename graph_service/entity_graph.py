@@ -63,10 +63,11 @@ def _update(attrs: Props, setting: dict[str, Any], unsetting: Sequence[str]) -> 
     for key, value in setting.items():
         t = type(value)
         if t is str:
-            value = _intern(value)
-        elif t is not bool and t is not int and t is not float and value is not None:
-            value = _own(value)
-        attrs[_intern(key)] = value
+            attrs[_intern(key)] = _intern(value)
+        elif t is bool or t is int or t is float or value is None:
+            attrs[_intern(key)] = value
+        else:
+            attrs[_intern(key)] = _own(value)
     for key in unsetting:
         attrs.pop(key, None)
 
@@ -108,30 +109,35 @@ class EntityGraph:
         """Apply changes in order. The only way the graph changes.
 
         Works on networkx's adjacency dicts directly: this is the hot path of
-        both processing and replay.
+        both processing and replay. Ids are interned only where they become
+        keys (an existing vertex keeps its key object), which is all the pickle
+        needs to be the same whoever built the graph.
         """
         nodes, succ, pred = self._g._node, self._g._succ, self._g._pred
+        deleted = self._deleted
         for ch in changes:
             op = ch[0]
             if op == "v":
-                vid = _own(ch[1])
+                vid = ch[1]
                 attrs = nodes.get(vid)
                 if attrs is None:
+                    vid = _intern(vid)
                     attrs = nodes[vid] = {}
                     succ[vid] = {}
                     pred[vid] = {}
                 _update(attrs, ch[2], ch[3])
-                if attrs.get(IS_DELETED) or vid in self._deleted:
-                    self._track_deleted(vid, attrs)
+                if attrs.get(IS_DELETED) or vid in deleted:
+                    self._track_deleted(_intern(vid), attrs)
             elif op == "e":
-                src, dst, label = _own(ch[1]), _own(ch[2]), _own(ch[3])
-                keys = succ[src].get(dst)
+                src, dst, label = ch[1], ch[2], ch[3]
+                out = succ[src]
+                keys = out.get(dst)
                 if keys is None:
-                    keys = succ[src][dst] = {}
-                    pred[dst][src] = keys
+                    keys = out[_intern(dst)] = {}
+                    pred[dst][_intern(src)] = keys
                 attrs = keys.get(label)
                 if attrs is None:
-                    attrs = keys[label] = {}
+                    attrs = keys[_intern(label)] = {}
                     self._edges += 1
                 _update(attrs, ch[4], ch[5])
             elif op == "V":
@@ -141,7 +147,7 @@ class EntityGraph:
                         map(len, pred[vid].values())
                     )
                     self._g.remove_node(vid)
-                self._deleted.pop(vid, None)
+                deleted.pop(vid, None)
             elif op == "E":
                 src, dst, label = ch[1], ch[2], ch[3]
                 keys = succ.get(src, {}).get(dst)

@@ -51,8 +51,8 @@ from graph_service.transformers import (
     MalformedEvent,
     Ref,
     category_of,
-    entity_vid,
     transform,
+    vertex_id,
 )
 from rca_common.events import Action, Event, format_timestamp, parse_timestamp
 
@@ -202,9 +202,21 @@ class Processor:
         self._observe(event)
 
     def replay_wire(self, event: dict[str, Any], changes: Iterable[Sequence[Any]]) -> None:
-        """:meth:`replay` for a logged record, without building a pydantic Event."""
+        """:meth:`replay` for a logged record, without building a pydantic Event: the
+        recovery hot path, so a datasource event's bookkeeping reads the dict as is."""
         self.graph.apply(changes)
-        self._observe(EventKey.from_wire(event))  # type: ignore[arg-type]
+        etype = event["entity_type"]
+        if etype == VITRAGE:
+            self._observe(EventKey.from_wire(event))  # type: ignore[arg-type]
+            return
+        self._bookkeep(
+            event["event_id"],
+            event["source"],
+            etype,
+            event.get("entity_id", ""),
+            event["action"],
+            parse_timestamp(event["sample_timestamp"]),
+        )
 
     # ---------------------------------------------------------------- snapshots
     def export_state(self) -> dict[str, Any]:
@@ -242,18 +254,36 @@ class Processor:
         Returns, for an end_snapshot, the vertices seen in the round it closes; for an
         evaluator action, the effects its step touched.
         """
-        self.recent.add(event.event_id)
-        ts = event.sample_timestamp
+        if event.entity_type == VITRAGE:
+            self._bookkeep(event.event_id, VITRAGE, VITRAGE, "", "", event.sample_timestamp)
+            return self.actions.apply(step or step_of(event.payload))
+        return self._bookkeep(
+            event.event_id,
+            event.source,
+            event.entity_type,
+            event.entity_id,
+            event.action,
+            event.sample_timestamp,
+        )
+
+    def _bookkeep(
+        self, event_id: str, source: str, etype: str, entity_id: str, action: str, ts: datetime
+    ) -> dict[str, None] | None:
+        """What every event leaves behind: its id, the clock, and its source's snapshot
+        round (the vertices an end_snapshot will keep; returned by the end_snapshot)."""
+        self.recent.add(event_id)
         if self.clock is None or ts > self.clock:
             self.clock = ts.astimezone(UTC)  # plain datetime.timezone: snapshot-safe
-        if event.entity_type == VITRAGE:
-            return self.actions.apply(step or step_of(event.payload))
-        if event.action is Action.END_SNAPSHOT:
-            return self._round.pop(event.source, {})
-        if event.action in SNAPSHOT_ACTIONS:
-            self._round.setdefault(event.source, {})[entity_vid(event)] = None
-        elif event.source in self._round:
-            self._round[event.source][entity_vid(event)] = None
+        if etype == VITRAGE:
+            return None
+        if action == Action.END_SNAPSHOT:
+            return self._round.pop(source, {})
+        if action in SNAPSHOT_ACTIONS:
+            self._round.setdefault(source, {})[vertex_id(category_of(etype), etype, entity_id)] = (
+                None
+            )
+        elif source in self._round:
+            self._round[source][vertex_id(category_of(etype), etype, entity_id)] = None
         return None
 
     # ------------------------------------------------------------------ changes
