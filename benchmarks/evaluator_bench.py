@@ -17,8 +17,9 @@ its get_all snapshot events by a :class:`Processor` with evaluators disabled.
 * ``storm``: ``--stream-events`` events of :class:`UpdateStream` with a host-outage
   storm every ``--storm-every`` events ("Host is unreachable" on a host, InstanceDown
   on most of its instances) through ``run_to_fixpoint``: stream events per second
-  including evaluation, action events emitted per second, deduced alarms live at
-  the end;
+  including evaluation, action events (one logged record per evaluation round) and
+  the action steps they carry, per second and per stream event, deduced alarms
+  live at the end;
 * ``takeover``: the time to enable evaluators after a failover. The post-storm state
   is restored (as a standby restores a snapshot) and the vertices touched by the
   last K processed records (datasource and action records alike, as replay marks
@@ -70,7 +71,7 @@ from graph_service.evaluator import (  # noqa: E402
     run_to_fixpoint,
     touched_vertices,
 )
-from graph_service.processor import Processor  # noqa: E402
+from graph_service.processor import Outcome, Processor  # noqa: E402
 from graph_service.snapshot_codec import dump, gc_paused  # noqa: E402
 from graph_service.templates import load_templates  # noqa: E402
 from rca_common.events import decode_events  # noqa: E402
@@ -105,6 +106,11 @@ def deduced_alarms(p: Processor) -> Counter[str]:
         for _, a in p.graph.vertices()
         if a.get(TYPE) == VITRAGE and not a.get(IS_DELETED)
     )
+
+
+def steps_in(outcomes: list[Outcome]) -> int:
+    """The action steps the rounds' events carry (an action event is one round)."""
+    return sum(len(o.event.payload["steps"]) for o in outcomes)
 
 
 def restore(raw: bytes) -> Processor:
@@ -144,6 +150,7 @@ def child_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     full_s = time.perf_counter() - t
     records.extend(o.changes for o in outcomes)
     fresh_actions = len(outcomes)
+    fresh_steps = steps_in(outcomes)
     fresh_deduced = sum(deduced_alarms(p).values())
 
     # The storm stream (generated and decoded before timing).
@@ -164,11 +171,12 @@ def child_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     updates = decode_events(orjson.dumps(wire))
     del wire
     gc.collect()
-    actions = 0
+    actions = steps = 0
     t = time.perf_counter()
     for e in updates:
         outs = run_to_fixpoint(p, ev, e)
         actions += len(outs) - 1
+        steps += steps_in(outs[1:])
         records.extend(o.changes for o in outs)
     storm_s = time.perf_counter() - t
     deduced = deduced_alarms(p)
@@ -194,6 +202,7 @@ def child_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "build_events_per_s": round(len(build) / build_s),
         "full_graph_pass_in_build_process_s": round(full_s, 3),
         "fresh_action_events": fresh_actions,
+        "fresh_action_steps": fresh_steps,
         "fresh_deduced_alarms": fresh_deduced,
         "storm": {
             "stream_events": len(updates),
@@ -202,10 +211,14 @@ def child_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "host_unreachable_fired": names[HOST_DOWN[2]],
             "instance_down_fired": names[INSTANCE_DOWN[2]],
             "action_events": actions,
+            "action_steps": steps,
             "seconds": round(storm_s, 2),
             "events_per_s": round(len(updates) / storm_s),
             "action_events_per_s": round(actions / storm_s),
+            "action_steps_per_s": round(steps / storm_s),
             "records_per_s": round(storm_records / storm_s),
+            "records_per_stream_event": round(storm_records / len(updates), 3),
+            "action_steps_per_stream_event": round(steps / len(updates), 3),
             "deduced_alarms_live": sum(deduced.values()),
             "deduced_alarms_by_name": dict(sorted(deduced.items())),
             "active_actions": len(p.actions),
@@ -316,6 +329,7 @@ def main() -> None:
         "full_graph_pass_runs_s": [round(s, 3) for s in enable["fresh_full"]["runs_s"]],
         "full_graph_pass_in_build_process_s": run["full_graph_pass_in_build_process_s"],
         "full_graph_pass_action_events": run["fresh_action_events"],
+        "full_graph_pass_action_steps": run["fresh_action_steps"],
         "full_graph_pass_deduced_alarms": run["fresh_deduced_alarms"],
         "storm": run["storm"],
         "full_graph_pass_at_takeover_s": round(full_at_takeover, 3),

@@ -387,11 +387,11 @@ def _activations_of_active(rows: list[Any]) -> int:
         event = orjson.loads(row["record"])["event"]
         if event.get("entity_type") != "vitrage":
             continue
-        payload = event.get("payload") or {}
-        pair = (payload.get("action_key"), payload.get("match_key"))
-        if payload.get("op") == "activate":
-            twice += pair in active
-            active.add(pair)
-        elif payload.get("op") == "deactivate":
-            active.discard(pair)
+        for step in (event.get("payload") or {}).get("steps", ()):  # one record per round
+            pair = (step.get("action_key"), step.get("match_key"))
+            if step.get("op") == "activate":
+                twice += pair in active
+                active.add(pair)
+            elif step.get("op") == "deactivate":
+                active.discard(pair)
     return twice

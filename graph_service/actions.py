@@ -1,14 +1,18 @@
 """Evaluator actions as processor state: the action registry and the graph it implies.
 
-The evaluator never changes the graph. It emits ``vitrage`` events, each one
-bookkeeping step (activate or deactivate one action for one match), and the
-processor handles them like any other event:
+The evaluator never changes the graph. It emits ``vitrage`` events, one per
+evaluation round, whose payload is ``{"steps": [...]}``: the round's bookkeeping
+steps in order (each activates or deactivates one action for one match). The
+processor handles them like any other event, so a round is one sequenced, logged
+and replayed record, not one per step:
 
-1. :meth:`ActionRegistry.apply` records the step (in ``Processor._observe``, so
-   replaying the log rebuilds the registry without running the evaluator) and
-   says which *effects* the step touched;
+1. :meth:`ActionRegistry.apply_all` records the steps in order (in
+   ``Processor._observe``, so replaying the log rebuilds the registry without
+   running the evaluator) and says which *effects* they touched, in first-touch
+   order;
 2. :class:`EffectWriter` makes the graph agree with the registry for each of
-   those effects, emitting ordinary graph changes (which the log records).
+   those effects, once per round, emitting ordinary graph changes (which the log
+   records).
 
 An effect is what several actions may share on the graph, and is counted:
 
@@ -22,7 +26,10 @@ An effect is what several actions may share on the graph, and is counted:
 
 Everything here is deterministic: the registry is plain dicts in the order the
 steps happened, and what an effect writes does not depend on that order (ties
-are broken by value, not by arrival).
+are broken by value, not by arrival). A round puts its activations before its
+deactivations, so an effect is never unwanted in the middle of a round unless it
+is at its end: writing the round's effects once, after all its steps, ends in the
+same graph as writing them after each step.
 """
 
 from __future__ import annotations
@@ -106,41 +113,52 @@ class Step:
     record: Record | None
 
 
-def parse_step(payload: dict[str, Any], event_id: str) -> Step:
-    """Validate a live ``vitrage`` event's payload (before any state changes)."""
+def parse_steps(payload: dict[str, Any], event_id: str) -> list[Step]:
+    """Validate a live ``vitrage`` event's payload, every step of it, before any state
+    changes: a round is applied whole or not at all."""
+    steps = payload.get("steps")
+    if payload.keys() != {"steps"} or not isinstance(steps, list) or not steps:
+        raise MalformedEvent(
+            f"vitrage event {event_id}: payload must be {{'steps': [...]}}, a non-empty list"
+        )
+    return [_parse_step(s, f"vitrage event {event_id}: steps[{n}]") for n, s in enumerate(steps)]
 
+
+def _parse_step(payload: Any, where: str) -> Step:
     def bad(why: str) -> MalformedEvent:
-        return MalformedEvent(f"vitrage event {event_id}: {why}"[:300])
+        return MalformedEvent(f"{where}{why}"[:300])
 
+    if not isinstance(payload, dict):
+        raise bad(" must be an object")
     op = payload.get("op")
     if op not in (ACTIVATE, DEACTIVATE):
-        raise bad("payload.op must be 'activate' or 'deactivate' (evaluator actions only)")
+        raise bad(".op must be 'activate' or 'deactivate' (evaluator actions only)")
     action = payload.get("action")
     if action not in _FIELDS:
-        raise bad(f"unknown payload.action {action!r}")
+        raise bad(f": unknown action {action!r}")
     for key in ("action_key", "match_key"):
         if not _text(payload.get(key)):
-            raise bad(f"payload.{key} must be a non-empty string")
+            raise bad(f".{key} must be a non-empty string")
     if op == DEACTIVATE:
         return Step(op, payload["action_key"], payload["match_key"], None)
     required, optional = _FIELDS[action]
     for key in (*_COMMON, *required):
         if not _text(payload.get(key)):
-            raise bad(f"payload.{key} must be a non-empty string")
+            raise bad(f".{key} must be a non-empty string")
     for key in optional:
         if key in payload and not _text(payload[key]):
-            raise bad(f"payload.{key} must be a non-empty string")
+            raise bad(f".{key} must be a non-empty string")
     for key in ("scenario", "clause"):
         value = payload.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(f"payload.{key} must be a non-negative integer")
+            raise bad(f".{key} must be a non-negative integer")
     match = payload.get("match")
     if not isinstance(match, dict) or not match or not all(map(_text, match.values())):
-        raise bad("payload.match must map entity ids to vertex ids")
+        raise bad(".match must map entity ids to vertex ids")
     bound = set(match.values())
     for key in ("target", "source", "causing"):
         if key in payload and payload[key] not in bound:
-            raise bad(f"payload.{key} is not a vertex of the match")
+            raise bad(f".{key} is not a vertex of the match")
     return _step(payload)
 
 
@@ -154,9 +172,9 @@ def _step(payload: dict[str, Any]) -> Step:
     return Step(ACTIVATE, payload["action_key"], payload["match_key"], record)
 
 
-def step_of(payload: dict[str, Any]) -> Step:
-    """The step a logged ``vitrage`` event carries (replay: no validation, no evaluator)."""
-    return _step(payload)
+def steps_of(payload: dict[str, Any]) -> list[Step]:
+    """The steps a logged ``vitrage`` event carries (replay: no validation, no evaluator)."""
+    return [_step(s) for s in payload["steps"]]
 
 
 def _text(value: Any) -> bool:
@@ -225,6 +243,14 @@ class ActionRegistry:
         for effect in effects_of(record):
             self._by_effect.setdefault(effect, {})[pair] = None
 
+    def apply_all(self, steps: Iterable[Step]) -> list[Effect]:
+        """Record a round's steps in order; the effects they touched, each once, in
+        first-touch order (what the graph must then be made to agree with)."""
+        touched: dict[Effect, None] = {}
+        for step in steps:
+            touched.update(dict.fromkeys(self.apply(step)))
+        return list(touched)
+
     # ----------------------------------------------------------------- reading
     def __len__(self) -> int:
         return sum(len(m) for m in self._active.values())
@@ -264,7 +290,7 @@ class ActionRegistry:
 
 
 class EffectWriter:
-    """Makes the graph agree with the registry for the effects a step touched."""
+    """Makes the graph agree with the registry for the effects a round touched."""
 
     def __init__(
         self,

@@ -4,8 +4,8 @@ While recovery replays and drains, evaluators are disabled and the vertices
 that change are only remembered (the dirty set). Enabling evaluates exactly
 those — no full-graph pass after a takeover — or the whole graph after a fresh
 start. From then on every datasource event's changes are evaluated as it is
-processed, and the action events go back through the processor: sequenced,
-logged and replayed like every other event.
+processed, and each evaluation round goes back through the processor as one
+action event: sequenced, logged and replayed like every other event.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ class ReplayDirt:
 
     A record of an epoch whose evaluators had been enabled, after the seq at which
     they were, was evaluated live, synchronously with its trigger — except, maybe,
-    the last trigger of the log (its leader may have died in the middle of its
-    follow-ups). Records before the newest enabling pass were covered by it. Every
-    other record (a leader that died before enabling) is dirty.
+    the last trigger of the log (its leader may have died before logging all of its
+    rounds; each ``vitrage`` record after a trigger is one whole round of it).
+    Records before the newest enabling pass were covered by it. Every other record
+    (a leader that died before enabling) is dirty.
     """
 
     def __init__(self, evaluation: Evaluation, enabled: dict[int, int], upto: int) -> None:
@@ -98,7 +99,7 @@ class Evaluation:
     def on_outcome(self, ingest: Ingest, outcome: Outcome) -> None:
         """Called by the ingest loop after each logged outcome."""
         if outcome.event.entity_type == VITRAGE:
-            return  # action events are followed up by run_pending itself
+            return  # rounds are followed up by run_pending itself
         if not self.enabled:
             self.mark_dirty(outcome.changes)
             return
@@ -113,25 +114,25 @@ class Evaluation:
         processor = ingest.processor
         started = time.monotonic()
         dirty = len(self.dirty)
-        issued = 0
+        outcomes: list[Outcome] = []
         if processor.clock is not None and self.templates:
             trigger = evaluation_trigger(trigger_id, processor.clock)
             if whole_graph:
-                events = self.evaluator.evaluate_all(processor.graph, processor.actions, trigger)
+                pending = self.evaluator.evaluate_all(processor.graph, processor.actions, trigger)
             else:
-                events = self.evaluator.evaluate_vertices(
+                pending = self.evaluator.evaluate_vertices(
                     processor.graph, processor.actions, list(self.dirty), trigger
                 )
             outcomes = run_pending(
-                processor, self.evaluator, trigger, events, process=ingest.process_local
+                processor, self.evaluator, trigger, pending, process=ingest.process_local
             )
-            issued = len(outcomes)
         self.dirty.clear()
         self.enabled = True
         self.enabled_info = {
             "scope": "whole graph" if whole_graph else "changed while disabled",
             "dirty_vertices": None if whole_graph else dirty,
-            "action_events": issued,
+            "action_events": len(outcomes),  # one per round
+            "action_steps": sum(len(o.event.payload["steps"]) for o in outcomes),
             "duration_s": round(time.monotonic() - started, 6),
         }
         log.info("evaluators enabled", **self.enabled_info)

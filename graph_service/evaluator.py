@@ -1,10 +1,13 @@
 """The evaluator: from the changes one event made to the action events they call for.
 
 Plain synchronous code with no I/O and no clock. It reads the graph and the
-processor's action registry and returns ``vitrage`` events (activate or
-deactivate one action for one match); the service feeds them to the processor
-like any other event, so they are sequenced, logged and replayed, and the
-registry they build is restored by replay without running the evaluator.
+processor's action registry and returns, per evaluation round, one ``vitrage``
+event whose payload lists the round's steps (``{"steps": [...]}``, each step
+activating or deactivating one action for one match); the service feeds it to
+the processor like any other event, so it is sequenced, logged and replayed as
+one record, and the registry the steps build is restored by replay without
+running the evaluator. One record per round rather than per step keeps the log,
+its persistence and a failover's replay as small as the evaluation allows.
 
 Evaluation is incremental. Templates are indexed by the vertex types and
 categories their entities can match and by the labels of their relationships;
@@ -13,11 +16,12 @@ matches are grown from the changed vertex or edge outward
 (:mod:`graph_service.matcher`). Registry entries that involve a changed element
 are re-checked and deactivated when their condition no longer holds.
 
-Output is canonical: activations sorted by (action key, match key), then
-deactivations sorted the same way; event ids are ``{trigger id}/v{n}`` and the
-time is the trigger's. Activations come first so that a match replaced by
-another one of the same action (an instance migrating between two alarmed
-hosts) only moves counts instead of removing and re-raising a deduced alarm.
+Output is canonical: a round's steps are its activations sorted by (action key,
+match key), then its deactivations sorted the same way; the event id is
+``{trigger id}/v{n}`` with ``n`` the round's number, and the time is the
+trigger's. Activations come first so that a match replaced by another one of the
+same action (an instance migrating between two alarmed hosts) only moves counts
+instead of removing and re-raising a deduced alarm.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from graph_service.entity_graph import (
     IS_DELETED,
     IS_PLACEHOLDER,
     TYPE,
-    Change,
     EntityGraph,
 )
 from graph_service.matcher import Binding, Pattern, PatternId, extend, holds
@@ -52,13 +55,14 @@ from graph_service.templates import ActionSpec, EntitySpec, Template
 from rca_common.events import Action, Event
 
 MAX_ROUNDS = 64
+EVALUATOR = "evaluator"  # the entity id of evaluation triggers and of action events
 
 # The vertex properties every match reads besides the templates' own.
 _STRUCTURAL_KEYS = frozenset({TYPE, CATEGORY, IS_DELETED, IS_PLACEHOLDER})
 
 
 class EvaluationDiverged(RuntimeError):
-    """Action events kept producing new ones: templates that undo each other's actions."""
+    """Rounds kept producing new steps: templates that undo each other's actions."""
 
 
 def touched_vertices(changes: Iterable[Sequence[Any]]) -> list[str]:
@@ -76,13 +80,13 @@ def touched_vertices(changes: Iterable[Sequence[Any]]) -> list[str]:
 
 def evaluation_trigger(event_id: str, when: datetime) -> Event:
     """A trigger for evaluations no single event caused (enabling evaluators after a
-    takeover, the fresh start's full pass): it names the action events and dates them.
+    takeover, the fresh start's full pass): it names the rounds' events and dates them.
     ``event_id`` must be unique for the run (e.g. include the leader epoch)."""
     return Event(
         event_id=event_id,
         source=VITRAGE,
         entity_type=VITRAGE,
-        entity_id="evaluator",
+        entity_id=EVALUATOR,
         action=Action.UPDATE,
         sample_timestamp=when,
     )
@@ -190,10 +194,10 @@ class Evaluator:
         trigger: Event,
         changes: Iterable[Sequence[Any]],
         *,
-        first: int = 0,
-    ) -> list[Event]:
-        """The action events called for by ``changes`` (what processing made of one or
-        more events), numbered from ``first``."""
+        number: int = 0,
+    ) -> Event | None:
+        """The round called for by ``changes`` (what processing made of one or more
+        events) as round ``number`` of ``trigger``; None when there is nothing to do."""
         vertices: dict[str, set[str] | None] = {}
         edges: dict[tuple[str, str, str], None] = {}
         for ch in changes:
@@ -213,7 +217,7 @@ class Evaluator:
                 self._around_vertex(plan, vid)
         for src, dst, label in edges:
             self._around_edge(plan, src, dst, label)
-        return self._events(plan, trigger, first)
+        return self._round(plan, trigger, number)
 
     def evaluate_vertices(
         self,
@@ -222,8 +226,8 @@ class Evaluator:
         vids: Iterable[str],
         trigger: Event,
         *,
-        first: int = 0,
-    ) -> list[Event]:
+        number: int = 0,
+    ) -> Event | None:
         """As if every property of these vertices had changed: for the vertices touched
         while evaluators were disabled (see :func:`touched_vertices`). Also retires the
         bookkeeping of templates no longer loaded."""
@@ -231,11 +235,11 @@ class Evaluator:
         for vid in dict.fromkeys(vids):
             self._around_vertex(plan, vid)
         self._retire_unknown(plan)
-        return self._events(plan, trigger, first)
+        return self._round(plan, trigger, number)
 
     def evaluate_all(
-        self, graph: EntityGraph, registry: ActionRegistry, trigger: Event, *, first: int = 0
-    ) -> list[Event]:
+        self, graph: EntityGraph, registry: ActionRegistry, trigger: Event, *, number: int = 0
+    ) -> Event | None:
         """The whole graph (the fresh start): every registry entry is re-checked and each
         clause is grown from the vertices of its most selective entity."""
         plan = _Plan(graph, registry)
@@ -253,7 +257,7 @@ class Evaluator:
             anchor = min(pattern.entities, key=lambda e: len(pool[e]))
             for vid in pool[anchor]:
                 plan.grow(pattern, {anchor: vid})
-        return self._events(plan, trigger, first)
+        return self._round(plan, trigger, number)
 
     # ------------------------------------------------------------------- seeding
     def _around_vertex(self, plan: _Plan, vid: str) -> None:
@@ -322,7 +326,9 @@ class Evaluator:
                 plan.recheck[pair] = None
 
     # ------------------------------------------------------------------- output
-    def _events(self, plan: _Plan, trigger: Event, first: int) -> list[Event]:
+    def _round(self, plan: _Plan, trigger: Event, number: int) -> Event | None:
+        """One event for the whole round: its steps in canonical order (see the module
+        docstring), or None when the round has none."""
         registry, graph = plan.registry, plan.graph
         activations: dict[Pair, dict[str, Any]] = {}
         for pattern, binding in plan.found.values():
@@ -345,20 +351,19 @@ class Evaluator:
                     "match_key": mk,
                     "target": record["target"],
                 }
-        payloads = [activations[k] for k in sorted(activations)]
-        payloads += [deactivations[k] for k in sorted(deactivations)]
-        return [
-            Event(
-                event_id=f"{trigger.event_id}/v{first + n}",
-                source=VITRAGE,
-                entity_type=VITRAGE,
-                entity_id=payload["target"],
-                action=Action.UPDATE,
-                sample_timestamp=trigger.sample_timestamp,
-                payload=payload,
-            )
-            for n, payload in enumerate(payloads)
-        ]
+        steps = [activations[k] for k in sorted(activations)]
+        steps += [deactivations[k] for k in sorted(deactivations)]
+        if not steps:
+            return None
+        return Event(
+            event_id=f"{trigger.event_id}/v{number}",
+            source=VITRAGE,
+            entity_type=VITRAGE,
+            entity_id=EVALUATOR,
+            action=Action.UPDATE,
+            sample_timestamp=trigger.sample_timestamp,
+            payload={"steps": steps},
+        )
 
 
 def action_key(pattern: Pattern, index: int, action: ActionSpec, binding: Binding) -> str:
@@ -407,11 +412,12 @@ def run_to_fixpoint(
     process: Process | None = None,
     max_rounds: int = MAX_ROUNDS,
 ) -> list[Outcome]:
-    """Process ``event``, then evaluate and process action events until none are new.
+    """Process ``event``, then evaluate and process rounds until one has no steps.
 
     ``process`` is how an event is applied (default ``processor.process``; the service
     passes the function that also sequences and logs it). Returns every outcome, the
-    trigger's first. Raises :class:`EvaluationDiverged` after ``max_rounds`` rounds.
+    trigger's first, then one per round. Raises :class:`EvaluationDiverged` after
+    ``max_rounds`` rounds.
     """
     outcome = (process or processor.process)(event)
     follow = run_follow_ups(processor, evaluator, outcome, process=process, max_rounds=max_rounds)
@@ -426,9 +432,9 @@ def run_follow_ups(
     process: Process | None = None,
     max_rounds: int = MAX_ROUNDS,
 ) -> list[Outcome]:
-    """The action events an already processed (datasource) event calls for, processed to
-    the fixpoint: for a caller that processed the event itself. Not for the outcomes of
-    action events, which :func:`run_pending` follows up already."""
+    """The rounds an already processed (datasource) event calls for, processed to the
+    fixpoint: for a caller that processed the event itself. Not for the outcomes of
+    rounds, which :func:`run_pending` follows up already."""
     if not outcome.logged or not outcome.changes:
         return []
     event = outcome.event
@@ -440,43 +446,39 @@ def run_pending(
     processor: Processor,
     evaluator: Evaluator,
     trigger: Event,
-    events: list[Event],
+    pending: Event | None,
     *,
     process: Process | None = None,
     max_rounds: int = MAX_ROUNDS,
     first: int = 0,
 ) -> list[Outcome]:
-    """Process action events already evaluated for ``trigger`` (numbered from ``first``),
-    then rounds of evaluation until no new ones come.
+    """Process a round already evaluated for ``trigger`` (round ``first``), then the
+    rounds its changes call for, until one has no steps; one outcome per round.
 
-    A round's events were all computed from the same state, so they are processed
-    together and their changes evaluated together: an action processed later in the
-    round is always re-checked against what the earlier ones changed.
+    A round's steps were all computed from the same state, so they are applied as one
+    event and its changes evaluated together: an action applied later in the round is
+    always re-checked against what the earlier ones changed.
     """
     process = process or processor.process
     outcomes: list[Outcome] = []
-    issued = first + len(events)
-    rounds = 0
-    while events:
-        rounds += 1
-        if rounds > max_rounds:
-            keys = sorted({e.payload["action_key"].split("|")[0] for e in events})
+    number = first
+    while pending is not None:
+        if len(outcomes) >= max_rounds:
+            steps = pending.payload["steps"]
+            keys = sorted({step["action_key"].split("|")[0] for step in steps})
             raise EvaluationDiverged(
                 f"evaluation of {trigger.event_id} did not converge in {max_rounds} rounds "
-                f"({len(events)} action events still pending, templates: {', '.join(keys)})"
+                f"({len(steps)} action steps still pending, templates: {', '.join(keys)})"
             )
-        changes: list[Change] = []
-        for event in events:
-            outcome = process(event)
-            if not outcome.logged:  # a skipped step would leave the registry behind
-                raise RuntimeError(
-                    f"action event id {event.event_id} was already used: "
-                    "evaluation triggers must have unique ids"
-                )
-            outcomes.append(outcome)
-            changes.extend(outcome.changes)
-        events = evaluator.evaluate(
-            processor.graph, processor.actions, trigger, changes, first=issued
+        outcome = process(pending)
+        if not outcome.logged:  # a skipped round would leave the registry behind
+            raise RuntimeError(
+                f"action event id {pending.event_id} was already used: "
+                "evaluation triggers must have unique ids"
+            )
+        outcomes.append(outcome)
+        number += 1
+        pending = evaluator.evaluate(
+            processor.graph, processor.actions, trigger, outcome.changes, number=number
         )
-        issued += len(events)
     return outcomes

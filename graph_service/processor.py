@@ -7,9 +7,9 @@ logical clock, the per-source snapshot round), which is what makes a standby
 that replays the log identical to the active that wrote it.
 
 Evaluator actions (``entity_type=vitrage``) take their own path: each is one
-step of the action registry (``self.actions``, recorded in ``_observe`` so that
-replay rebuilds it) plus the graph changes that make the graph agree with it
-(graph_service/actions.py).
+evaluation round, the steps of the action registry (``self.actions``, recorded in
+``_observe`` so that replay rebuilds it) plus the graph changes that make the
+graph agree with them (graph_service/actions.py).
 
 No wall clock, no randomness: time is the largest ``sample_timestamp`` seen.
 """
@@ -28,8 +28,8 @@ from graph_service.actions import (
     ActionRegistry,
     EffectWriter,
     Step,
-    parse_step,
-    step_of,
+    parse_steps,
+    steps_of,
 )
 from graph_service.entity_graph import (
     CATEGORY,
@@ -176,11 +176,12 @@ class Processor:
         return Outcome(event, status, changes)
 
     def _process_action(self, event: Event) -> Outcome:
-        """An evaluator action: one registry step, then the graph made to agree with it."""
+        """An evaluation round: all its registry steps, then the graph made to agree with
+        the registry once for every effect they touched."""
         if event.action is not Action.UPDATE:
             raise MalformedEvent(f"vitrage event {event.event_id}: action must be update")
-        step = parse_step(event.payload, event.event_id)
-        effects = self._observe(event, step)
+        steps = parse_steps(event.payload, event.event_id)
+        effects = self._observe(event, steps)
         changes: list[Change] = []
         emit = _Emitter(self.graph, changes)
         ts = event.sample_timestamp
@@ -247,16 +248,17 @@ class Processor:
         self.actions = ActionRegistry.from_export(state.get("actions", {}))
 
     # ------------------------------------------------------------- bookkeeping
-    def _observe(self, event: Event, step: Step | None = None) -> Any:
+    def _observe(self, event: Event, steps: list[Step] | None = None) -> Any:
         """Record the event id, advance the clock, track the snapshot round, and record
-        an evaluator action's step in the action registry.
+        an evaluation round's steps in the action registry (``steps``: already parsed
+        by the live path; replay reads them from the payload).
 
         Returns, for an end_snapshot, the vertices seen in the round it closes; for an
-        evaluator action, the effects its step touched.
+        evaluator action, the effects its steps touched (first-touch order).
         """
         if event.entity_type == VITRAGE:
             self._bookkeep(event.event_id, VITRAGE, VITRAGE, "", "", event.sample_timestamp)
-            return self.actions.apply(step or step_of(event.payload))
+            return self.actions.apply_all(steps if steps is not None else steps_of(event.payload))
         return self._bookkeep(
             event.event_id,
             event.source,

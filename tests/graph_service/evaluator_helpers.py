@@ -65,8 +65,8 @@ class Env:
         return outcomes
 
     def actions(self, event: Event) -> list[dict[str, Any]]:
-        """Run an event; the payloads of the action events it led to."""
-        return [o.event.payload for o in self.run(event)[1:]]
+        """Run an event; the steps of the rounds it led to, in order."""
+        return [step for o in self.run(event)[1:] for step in o.event.payload["steps"]]
 
     def vertex(self, vid: str) -> dict[str, Any]:
         attrs = self.p.graph.vertex(vid)

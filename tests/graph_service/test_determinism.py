@@ -130,8 +130,24 @@ class StreamGen:
         self.emit("cinder.volume", v, action, attached_to=list(self.volumes[v]), state="in-use")
 
     def action_event(self) -> None:
-        """A raw evaluator action: activate or deactivate one of a few (action, match)
-        pairs on an instance, so that counts, overlaps and no-ops all occur."""
+        """A raw evaluator round of one to three steps, each activating or deactivating
+        one of a few (action, match) pairs on an instance, so that counts, overlaps and
+        no-ops all occur."""
+        steps = [self.action_step() for _ in range(self.rng.randint(1, 3))]
+        self.n += 1
+        self.events.append(
+            Event(
+                event_id=f"{self.seed}-{self.n}",
+                source="vitrage",
+                entity_type="vitrage",
+                entity_id="evaluator",
+                action="update",
+                sample_timestamp=T0 + timedelta(seconds=round(self.t, 6)),
+                payload={"steps": steps},
+            )
+        )
+
+    def action_step(self) -> dict[str, Any]:
         rng = self.rng
         i = self.pick(self.instances) or "i-none"
         target = vid("nova.instance", i)
@@ -158,18 +174,7 @@ class StreamGen:
                 payload["causing"] = causing
         elif kind == "set_state":
             payload["state"] = rng.choice(["SUBOPTIMAL", "ERROR"])
-        self.n += 1
-        self.events.append(
-            Event(
-                event_id=f"{self.seed}-{self.n}",
-                source="vitrage",
-                entity_type="vitrage",
-                entity_id=target,
-                action="update",
-                sample_timestamp=T0 + timedelta(seconds=round(self.t, 6)),
-                payload=payload,
-            )
-        )
+        return payload
 
     def pick(self, d: dict[str, Any]) -> str | None:
         return self.rng.choice(sorted(d)) if d else None
@@ -255,7 +260,7 @@ class StreamGen:
                     resource_id=rid,
                     status="resolved",
                 )
-        elif r < 0.84:  # an evaluator action step (repeats and undos of inactive ones too)
+        elif r < 0.84:  # an evaluator round (repeats and undos of inactive pairs too)
             self.action_event()
         elif r < 0.91:  # a redelivery of an earlier event
             if self.events:
@@ -379,7 +384,8 @@ def test_the_stream_exercises_everything(
     assert len(p.recent) == RECENT_CAPACITY
     actions = [o for o in log if o.event.entity_type == "vitrage"]
     assert len(actions) > 30 and sum(1 for o in actions if o.changes) > 10
-    assert sum(1 for o in actions if not o.changes) > 5  # repeated steps are no-ops
+    assert sum(1 for o in actions if not o.changes) > 5  # rounds of no-op steps
+    assert any(len(o.event.payload["steps"]) > 1 for o in actions)
     assert len(p.actions) > 0
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import re
 from typing import Any
 
+import orjson
 import pytest
 
 from graph_service.actions import deduced_alarm_vid
@@ -14,6 +17,7 @@ from graph_service.evaluator import (
     Evaluator,
     evaluation_trigger,
     run_pending,
+    run_to_fixpoint,
     touched_vertices,
 )
 from graph_service.processor import Processor, Status
@@ -48,7 +52,7 @@ NOT_NAME = "Instance problem not caused by host"
 _ids = itertools.count()
 
 
-def step(
+def step_payload(
     op: str,
     action: str,
     target: str,
@@ -56,12 +60,11 @@ def step(
     *,
     template_key: str = "t#0",
     index: int = 0,
-    t: float = 10,
     bound: dict[str, str] | None = None,
     **fields: Any,
-) -> Event:
-    """A raw evaluator action event (what the evaluator would emit)."""
-    payload: dict[str, Any] = {
+) -> dict[str, Any]:
+    """One step of an evaluator action event (what the evaluator would put in a round)."""
+    return {
         "op": op,
         "action": action,
         "action_key": f"{template_key}|s0|a{index}|{target}",
@@ -73,15 +76,28 @@ def step(
         "target": target,
         **fields,
     }
+
+
+def round_event(*payloads: dict[str, Any], t: float = 10) -> Event:
+    """A raw evaluator action event: one round carrying these steps in order."""
     return Event(
         event_id=f"act-{next(_ids)}",
         source="vitrage",
         entity_type="vitrage",
-        entity_id=target,
+        entity_id="evaluator",
         action="update",
         sample_timestamp=at(t),
-        payload=payload,
+        payload={"steps": list(payloads)},
     )
+
+
+def step(op: str, action: str, target: str, match: str = "m1", **kwargs: Any) -> Event:
+    """A round of one step."""
+    return round_event(step_payload(op, action, target, match, **kwargs))
+
+
+def steps(event: Event) -> list[dict[str, Any]]:
+    return event.payload["steps"]  # type: ignore[no-any-return]
 
 
 def base() -> Processor:
@@ -242,29 +258,173 @@ def test_add_causal_relationship_is_counted() -> None:
     assert (A1, A2) in live_edges(p, "causes")
 
 
+# ------------------------------------------------------------ rounds
+def raise_step(op: str, target: str, match: str, causing: str, severity: str) -> dict[str, Any]:
+    return step_payload(
+        op,
+        "raise_alarm",
+        target,
+        match,
+        alarm_name="deduced",
+        severity=severity,
+        causing=causing,
+        bound={"alarm": causing},
+    )
+
+
+def state_step(op: str, target: str, match: str, state: str) -> dict[str, Any]:
+    return step_payload(op, "set_state", target, match, index=1, state=state)
+
+
+def down_step(op: str, match: str) -> dict[str, Any]:
+    return step_payload(op, "mark_down", H1, match, index=2)
+
+
+def causal_step(op: str, match: str) -> dict[str, Any]:
+    return step_payload(
+        op, "add_causal_relationship", A2, match, index=3, source=A1, bound={"s": A1}
+    )
+
+
+# Rounds as the evaluator makes them (activations, then deactivations of pairs active
+# before the round): every effect kind, overlaps, counts moving between matches.
+ROUNDS = [
+    [
+        raise_step("activate", I1, "m1", A1, "critical"),
+        raise_step("activate", I2, "m1", A1, "warning"),
+        state_step("activate", I1, "m1", "SUBOPTIMAL"),
+        down_step("activate", "m1"),
+    ],
+    [
+        raise_step("activate", I1, "m2", A2, "warning"),
+        raise_step("activate", I3, "m1", A2, "critical"),
+        state_step("activate", I2, "m1", "ERROR"),
+        state_step("activate", I3, "m1", "SUBOPTIMAL"),
+        state_step("activate", I3, "m2", "ERROR"),  # one by one: I3 written twice
+        causal_step("activate", "m1"),
+        down_step("activate", "m2"),
+        raise_step("deactivate", I1, "m1", A1, "critical"),
+        raise_step("deactivate", I2, "m1", A1, "warning"),
+        state_step("deactivate", I1, "m1", "SUBOPTIMAL"),
+        down_step("deactivate", "m1"),
+    ],
+]
+
+
+def with_i3() -> Processor:
+    p = base()
+    p.process(instance("i3", "h1", 0))
+    return p
+
+
+def without_ids(p: Processor) -> dict[str, Any]:
+    """The processor's state but the ids of the events it applied."""
+    return {k: v for k, v in p.export_state().items() if k != "recent"}
+
+
+def test_a_round_ends_as_its_steps_applied_one_by_one() -> None:
+    whole, one_by_one = with_i3(), with_i3()
+    for round_steps in ROUNDS:
+        out = whole.process(round_event(*round_steps))
+        step_changes = [one_by_one.process(round_event(s)).changes for s in round_steps]
+        assert without_ids(whole) == without_ids(one_by_one)
+        # ... with no more changes: each touched effect is written once
+        assert 0 < len(out.changes) <= sum(map(len, step_changes))
+    assert len(out.changes) < sum(map(len, step_changes))  # I3's state written once
+    p = whole
+    d1, d2, d3 = (deduced_alarm_vid(i, "deduced") for i in (I1, I2, I3))
+    assert {k: a["severity"] for k, a in deduced(p).items()} == {
+        (I1, "deduced"): "warning",
+        (I3, "deduced"): "critical",
+    }
+    assert p.graph.vertex(d2)[IS_DELETED] is True  # type: ignore[index]
+    assert live_edges(p, "causes") == {(A2, d1), (A2, d3), (A1, A2)}
+    assert EVALUATOR_STATE not in p.graph.vertex(I1)  # type: ignore[operator]
+    assert p.graph.vertex(I2)[AGGREGATED_STATE] == "ERROR"  # type: ignore[index]
+    assert p.graph.vertex(I3)[EVALUATOR_STATE] == "ERROR"  # type: ignore[index]
+    assert p.graph.vertex(H1)["is_marked_down"] is True  # type: ignore[index]
+    assert len(p.actions) == 7
+
+
+def test_replaying_multi_step_records_rebuilds_the_registry_identically() -> None:
+    live = with_i3()
+    start = copy.deepcopy(live.export_state())
+    records = [(e, live.process(e).changes) for e in (round_event(*r) for r in ROUNDS)]
+    for wire in (False, True):
+        replayed = Processor()
+        replayed.import_state(copy.deepcopy(start))
+        for event, changes in records:
+            if wire:  # as the persistor stores it: JSON
+                data = orjson.loads(orjson.dumps(event.to_wire()))
+                replayed.replay_wire(data, orjson.loads(orjson.dumps(changes)))
+            else:
+                replayed.replay(event, changes)
+        assert replayed.export_state() == live.export_state()
+        assert list(replayed.actions.export()) == list(live.actions.export())  # same order
+        for v in (I1, I2, I3, H1, A1, A2):
+            assert list(replayed.actions.involving(v)) == list(live.actions.involving(v))
+
+
 # ------------------------------------------------------------ malformed
+def frozen_state(p: Processor) -> dict[str, Any]:
+    """Everything the processor holds, copied: to show that nothing changed."""
+    return copy.deepcopy(p.export_state())
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"op": "toggle"}, "payload.op"),
-        ({"op": None}, "payload.op"),
-        ({"action": "reboot"}, "unknown payload.action"),
-        ({"action_key": ""}, "payload.action_key"),
-        ({"severity": None}, "payload.severity"),
-        ({"scenario": "0"}, "payload.scenario"),
-        ({"match": {}}, "payload.match"),
-        ({"causing": "elsewhere"}, "payload.causing is not a vertex of the match"),
-        ({"target": "elsewhere"}, "payload.target is not a vertex of the match"),
+        ({"op": "toggle"}, ".op must be"),
+        ({"op": None}, ".op must be"),
+        ({"action": "reboot"}, ": unknown action 'reboot'"),
+        ({"action_key": ""}, ".action_key"),
+        ({"severity": None}, ".severity"),
+        ({"scenario": "0"}, ".scenario"),
+        ({"match": {}}, ".match"),
+        ({"causing": "elsewhere"}, ".causing is not a vertex of the match"),
+        ({"target": "elsewhere"}, ".target is not a vertex of the match"),
     ],
 )
-def test_malformed_action_events_change_nothing(change: dict[str, Any], reason: str) -> None:
+def test_a_bad_step_rejects_the_whole_round(change: dict[str, Any], reason: str) -> None:
+    """The good first step is not applied either: every step is validated first."""
     p = base()
     good = raise_on_i1("activate", "m1")
-    bad = good.model_copy(update={"payload": {**good.payload, **change}})
-    before = (p.graph.vertex(I1).copy(), len(p.recent), p.actions.export().copy())  # type: ignore[union-attr]
-    with pytest.raises(MalformedEvent, match=reason):
+    bad_step = {**steps(raise_on_i1("activate", "m2", causing=A2))[0], **change}
+    bad = round_event(*steps(good), bad_step)
+    before = frozen_state(p)
+    with pytest.raises(MalformedEvent, match=re.escape(f"{bad.event_id}: steps[1]{reason}")):
         p.process(bad)
-    assert (p.graph.vertex(I1), len(p.recent), p.actions.export()) == before
+    assert frozen_state(p) == before
+    assert p.process(good).changes  # the good step alone would have changed the graph
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"steps": []},
+        {"steps": "raise"},
+        {"steps": None},
+        steps(raise_on_i1("activate", "m1"))[0],  # a bare step: the per-step format
+        {"steps": steps(raise_on_i1("activate", "m1")), "op": "activate"},
+    ],
+)
+def test_a_round_must_be_a_non_empty_list_of_steps(payload: dict[str, Any]) -> None:
+    p = base()
+    bad = raise_on_i1("activate", "m1").model_copy(update={"payload": payload})
+    before = frozen_state(p)
+    with pytest.raises(MalformedEvent, match="payload must be"):
+        p.process(bad)
+    assert frozen_state(p) == before
+
+
+def test_a_step_must_be_an_object() -> None:
+    p = base()
+    bad = round_event(*steps(raise_on_i1("activate", "m1")), "raise")  # type: ignore[arg-type]
+    before = frozen_state(p)
+    with pytest.raises(MalformedEvent, match=re.escape("steps[1] must be an object")):
+        p.process(bad)
+    assert frozen_state(p) == before
 
 
 def test_vitrage_events_are_updates_only_and_have_no_snapshot_round() -> None:
@@ -463,16 +623,43 @@ def test_network_outage_counts_two_ports_on_one_network() -> None:
 
 
 # ========================================================== the evaluator itself
-def test_action_event_ids_times_and_order() -> None:
+def test_a_round_is_one_event_carrying_its_steps_in_order() -> None:
     env = cloud()
     trigger = host_alarm("a1", "h1", 1)
     outcomes = env.run(trigger)
-    actions = [o.event for o in outcomes[1:]]
-    assert [e.event_id for e in actions] == [f"{trigger.event_id}/v{n}" for n in range(5)]
-    assert all(e.sample_timestamp == trigger.sample_timestamp for e in actions)
-    keys = [(e.payload["action_key"], e.payload["match_key"]) for e in actions]
-    assert keys == sorted(keys)
-    assert all(e.entity_id == e.payload["target"] for e in actions)
+    [(trigger_out, _), (round_out, _)] = [(o, o.status) for o in outcomes]
+    event = round_out.event
+    assert trigger_out.event is trigger
+    assert event.event_id == f"{trigger.event_id}/v0"
+    assert (event.entity_type, event.entity_id, event.action) == ("vitrage", "evaluator", "update")
+    assert event.sample_timestamp == trigger.sample_timestamp
+    assert event.payload.keys() == {"steps"}
+    keys = [(s["action_key"], s["match_key"]) for s in steps(event)]
+    assert len(keys) == 5 and keys == sorted(keys)  # all activations: sorted
+    assert len(env.p.actions) == 5
+    # the round's changes: every effect written once (two deduced alarms with their
+    # "on" and "causes" edges, two states, one mark_down)
+    assert sorted(c[0] for c in round_out.changes) == ["e"] * 4 + ["v"] * 5
+
+
+def test_a_rounds_deactivations_follow_its_activations() -> None:
+    env = cloud()
+    env.run(host_alarm("a1", "h1", 1))
+    env.run(instance_down("p1", "i3", 1))  # the NOT case on i3
+    [_, round_out] = env.run(instance("i3", "h1", 2))  # moves onto the alarmed host
+    ops = [(s["op"], s["action"]) for s in steps(round_out.event)]
+    assert ops == [
+        ("activate", "raise_alarm"),
+        ("activate", "set_state"),
+        ("activate", "add_causal_relationship"),
+        ("deactivate", "raise_alarm"),  # the NOT case's
+    ]
+    assert set(deduced(env.p)) == {
+        (I1, HOST_ALARM_NAME),
+        (I2, HOST_ALARM_NAME),
+        (I3, HOST_ALARM_NAME),
+    }
+    assert (A1, vid("prometheus", "p1")) in live_edges(env.p, "causes")
 
 
 def test_irrelevant_changes_are_not_evaluated() -> None:
@@ -481,7 +668,7 @@ def test_irrelevant_changes_are_not_evaluated() -> None:
     # A state change touches no template element; even a broken registry is not looked at.
     out = env.p.process(instance("i1", "h1", 2, state="PAUSED"))
     assert {k for c in out.changes for k in c[2]} & {"name", "vitrage_type"} == set()
-    assert env.evaluator.evaluate(env.p.graph, env.p.actions, out.event, out.changes) == []
+    assert env.evaluator.evaluate(env.p.graph, env.p.actions, out.event, out.changes) is None
 
 
 def test_evaluation_is_local_and_evaluate_vertices_catches_up() -> None:
@@ -495,9 +682,9 @@ def test_evaluation_is_local_and_evaluate_vertices_catches_up() -> None:
     env.run(instance("i3", "h2", 2, state="PAUSED"))  # unrelated, evaluated
     assert deduced(p) == {}
     trigger = evaluation_trigger("enable/1", p.clock)  # type: ignore[arg-type]
-    events = env.evaluator.evaluate_vertices(p.graph, p.actions, dirty, trigger)
-    assert [e.event_id for e in events] == [f"enable/1/v{n}" for n in range(len(events))]
-    run_pending(p, env.evaluator, trigger, events)
+    pending = env.evaluator.evaluate_vertices(p.graph, p.actions, dirty, trigger)
+    assert pending is not None and pending.event_id == "enable/1/v0"
+    assert len(run_pending(p, env.evaluator, trigger, pending)) == 1
     assert set(deduced(p)) == {(I1, HOST_ALARM_NAME), (I2, HOST_ALARM_NAME)}
 
 
@@ -537,13 +724,14 @@ def test_bookkeeping_of_a_changed_template_is_retired() -> None:
     assert len(env.p.actions) == 1
     changed = Evaluator([template(BASIC.replace("severity: critical", "severity: warning"))])
     trigger = evaluation_trigger("enable/2", env.p.clock)  # type: ignore[arg-type]
-    events = changed.evaluate_vertices(env.p.graph, env.p.actions, [], trigger)
-    assert [(e.payload["op"]) for e in events] == ["deactivate"]
-    run_pending(env.p, changed, trigger, events)
+    pending = changed.evaluate_vertices(env.p.graph, env.p.actions, [], trigger)
+    assert pending is not None and [s["op"] for s in steps(pending)] == ["deactivate"]
+    run_pending(env.p, changed, trigger, pending)
     assert deduced(env.p) == {} and len(env.p.actions) == 0
     # the changed template raises its own version on the next evaluation
-    events = changed.evaluate_vertices(env.p.graph, env.p.actions, [H1], trigger, first=1)
-    run_pending(env.p, changed, trigger, events, first=1)
+    pending = changed.evaluate_vertices(env.p.graph, env.p.actions, [H1], trigger, number=1)
+    assert pending is not None and pending.event_id == "enable/2/v1"
+    run_pending(env.p, changed, trigger, pending, first=1)
     assert [a["severity"] for a in deduced(env.p).values()] == ["warning"]
 
 
@@ -561,14 +749,23 @@ def test_templates_that_undo_each_other_do_not_loop_forever() -> None:
     """
     env = Env([template(flip)])
     env.run(instance("i1", "h1", 0))
-    with pytest.raises(EvaluationDiverged, match=r"did not converge.*flip"):
-        env.run(instance_down("p1", "i1", 1))
+    trigger = instance_down("p1", "i1", 1)
+    processed: list[str] = []
+
+    def process(event: Event) -> Any:
+        processed.append(event.event_id)
+        return env.p.process(event)
+
+    diverged = r"not converge in 3 rounds \(1 action steps.*flip"
+    with pytest.raises(EvaluationDiverged, match=diverged):
+        run_to_fixpoint(env.p, env.evaluator, trigger, process=process, max_rounds=3)
+    assert processed == [trigger.event_id, *(f"{trigger.event_id}/v{n}" for n in range(3))]
 
 
 def test_duplicates_are_not_evaluated_again() -> None:
     env = cloud()
     trigger = host_alarm("a1", "h1", 1)
-    assert len(env.run(trigger)) == 6
+    assert len(env.run(trigger)) == 2  # the trigger and its one round
     again = env.run(trigger)
     assert [o.status for o in again] == [Status.DUPLICATE]
 
@@ -578,9 +775,12 @@ def test_a_reused_trigger_id_is_an_error_not_a_silent_skip() -> None:
     p = env.p
     p.process(host_alarm("a1", "h1", 1))  # processed with evaluators off
     trigger = evaluation_trigger("enable/3", p.clock)  # type: ignore[arg-type]
-    events = env.evaluator.evaluate_vertices(p.graph, p.actions, [H1], trigger)
-    assert len(run_pending(p, env.evaluator, trigger, events)) == 5
+    pending = env.evaluator.evaluate_vertices(p.graph, p.actions, [H1], trigger)
+    [done] = run_pending(p, env.evaluator, trigger, pending)
+    assert len(steps(done.event)) == 5
     p.process(host_alarm("a9", "h2", 2))
-    events = env.evaluator.evaluate_vertices(p.graph, p.actions, [H2], trigger)  # same ids
-    with pytest.raises(RuntimeError, match="already used"):
-        run_pending(p, env.evaluator, trigger, events)
+    pending = env.evaluator.evaluate_vertices(p.graph, p.actions, [H2], trigger)  # same id
+    before = len(p.actions)
+    with pytest.raises(RuntimeError, match="enable/3/v0 was already used"):
+        run_pending(p, env.evaluator, trigger, pending)
+    assert len(p.actions) == before  # the round was skipped as a duplicate, not applied
