@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -23,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from graph_service import crashpoints
 from graph_service.metrics import Metrics
-from graph_service.processor import Outcome, Processor
+from graph_service.processor import Outcome, Processor, Status
 from graph_service.transformers import MalformedEvent
 from rca_common.broker import BrokerTopology, dead_letter
 from rca_common.events import Event, MalformedMessage, decode_events
@@ -135,7 +136,9 @@ class Ingest:
         self.drained_events = 0  # events handled since the consumer started
         self.on_outcome: Callable[[Outcome], None] | None = None  # the evaluator's hook
         self.last_event_at: float | None = None
-        self.last_sample_ts: str | None = None
+        self._last_sample: datetime | None = None
+        # (entity type, status) -> its child of the events counter (labels() is slow)
+        self._counters: dict[tuple[str, Status], Any] = {}
         self.end_snapshots: dict[str, int] = {}
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._consumer: asyncio.Task[None] | None = None
@@ -181,6 +184,11 @@ class Ingest:
                 "shutdown: records still unconfirmed",
                 unconfirmed=self.seq - self.sink.confirmed_seq,
             )
+
+    @property
+    def last_sample_ts(self) -> str | None:
+        """The sample timestamp of the last logged event (for ``/status``)."""
+        return None if self._last_sample is None else self._last_sample.isoformat()
 
     @property
     def running(self) -> bool:
@@ -274,18 +282,25 @@ class Ingest:
             self._accept(outcome)
         self.tracker.add(message, self.seq)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
+        if self._last_sample is not None:
+            self.metrics.lag.set(max(0.0, time.time() - self._last_sample.timestamp()))
 
     def _accept(self, outcome: Outcome) -> None:
+        """Sequence an outcome and hand its record to the sink: per event, so keep it lean
+        (the lag gauge and the last sample time are set per message, in :meth:`handle`)."""
         event = outcome.event
-        self.metrics.events.labels(event.entity_type, outcome.status.value).inc()
+        key = (event.entity_type, outcome.status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.events.labels(key[0], key[1].value)
+        counter.inc()
         self.drained_events += 1
         if not outcome.logged:
             return
         self.seq += 1
         now = time.time()
         self.last_event_at = now
-        self.last_sample_ts = event.sample_timestamp.isoformat()
-        self.metrics.lag.set(max(0.0, now - event.sample_timestamp.timestamp()))
+        self._last_sample = event.sample_timestamp
         if event.action == "end_snapshot":
             self.end_snapshots[event.source] = self.end_snapshots.get(event.source, 0) + 1
         self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))

@@ -77,10 +77,23 @@ class Event(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        """A JSON-ready dict, timestamps in their one textual form."""
-        data = self.model_dump(mode="python")
-        data["sample_timestamp"] = format_timestamp(self.sample_timestamp)
-        data["action"] = self.action.value
+        """A JSON-ready dict, timestamps in their one textual form.
+
+        Built by hand (not ``model_dump``): every logged event passes here. The payload
+        and extra fields are shared, not copied: events are frozen and nobody mutates them.
+        """
+        data = {
+            "version": self.version,
+            "event_id": self.event_id,
+            "source": self.source,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "action": self.action.value,
+            "sample_timestamp": format_timestamp(self.sample_timestamp),
+            "payload": self.payload,
+        }
+        if self.__pydantic_extra__:
+            data.update(self.__pydantic_extra__)
         return data
 
 

@@ -163,6 +163,17 @@ def test_to_wire_is_json_ready() -> None:
     assert orjson.loads(orjson.dumps(data)) == data
 
 
+def test_to_wire_is_what_pydantic_would_dump() -> None:
+    """to_wire is written by hand for speed: it must not drift from the model."""
+    [event] = decode_events(body(wire(extra_field={"nested": [1, 2]}, payload={"a": {"b": 1}})))
+    expected = event.model_dump(mode="json")
+    expected["sample_timestamp"] = format_timestamp(event.sample_timestamp)
+    data = event.to_wire()
+    assert data == expected
+    assert list(data) == list(expected)  # the same key order: the same log bytes
+    assert set(Event.model_fields) <= set(data)
+
+
 # ---------------------------------------------------------------- timestamps
 def test_format_timestamp_converts_to_utc_with_microseconds() -> None:
     plus2 = timezone(timedelta(hours=2))
