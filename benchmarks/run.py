@@ -34,7 +34,12 @@ BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench-results" / "latest.json"
 
 
+NO_TEMPLATES = ["--env", f"TEMPLATES_DIR={ROOT / 'benchmarks' / 'no-templates'}"]
+
+
 def commands(quick: bool) -> dict[str, list[str]]:
+    """Each benchmark's command; ``failover`` runs with the shipped templates and
+    ``failover_no_templates`` with none (what the evaluator costs, side by side)."""
     py = sys.executable
     persistor = [py, "-m", "tests.persistor_service.bench_persistor"]
     if quick:
@@ -68,6 +73,16 @@ def commands(quick: bool) -> dict[str, list[str]]:
                 "--e2e-events",
                 "20000",
             ],
+            "failover_no_templates": [
+                str(BIN / "failover-bench"),
+                "--sizes",
+                "10k",
+                "--events",
+                "5000",
+                "--e2e-size",
+                "none",
+                *NO_TEMPLATES,
+            ],
         }
     return {
         "processor": [py, "benchmarks/processor_bench.py"],
@@ -75,6 +90,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
         "persistor_backlog": [*persistor, "--mode", "backlog"],
         "persistor_live": [*persistor, "--mode", "live"],
         "failover": [str(BIN / "failover-bench")],
+        "failover_no_templates": [str(BIN / "failover-bench"), *NO_TEMPLATES],
     }
 
 
