@@ -92,6 +92,7 @@ class EntityGraph:
             "succ": g._succ,
             "pred": g._pred,
             "deleted": self._deleted,
+            "edges": self._edges,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -102,7 +103,8 @@ class EntityGraph:
         g._pred = state["pred"]
         self._g = g
         self._deleted = state["deleted"]
-        self._edges = g.number_of_edges()
+        edges = state.get("edges")  # counted when saved: counting here walks the graph
+        self._edges = g.number_of_edges() if edges is None else edges
 
     # ----------------------------------------------------------------- mutation
     def apply(self, changes: Iterable[Sequence[Any]]) -> None:

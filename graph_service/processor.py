@@ -116,6 +116,19 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._ids)
 
+    @classmethod
+    def restore(cls, capacity: int, ids: list[str]) -> RecentIds:
+        """From :meth:`Processor.export_state`'s list (distinct ids, oldest first), in
+        bulk: a restore rebuilds hundreds of thousands of them."""
+        recent = cls(capacity)
+        if len(dict.fromkeys(ids)) != len(ids):  # not distinct: the slow, exact way
+            for event_id in ids:
+                recent.add(event_id)
+            return recent
+        recent._order = deque(ids[-capacity:] if capacity else ())
+        recent._ids = dict.fromkeys(recent._order)
+        return recent
+
     def add(self, event_id: str) -> None:
         if event_id in self._ids:
             return
@@ -240,9 +253,7 @@ class Processor:
         graph = EntityGraph.__new__(EntityGraph)
         graph.__setstate__(state["graph"])
         self.graph = graph
-        self.recent = RecentIds(self.recent.capacity)
-        for event_id in state["recent"]:
-            self.recent.add(event_id)
+        self.recent = RecentIds.restore(self.recent.capacity, state["recent"])
         self.clock = state["clock"]
         self._round = state["round"]
         self.actions = ActionRegistry.from_export(state.get("actions", {}))

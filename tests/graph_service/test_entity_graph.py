@@ -201,3 +201,15 @@ def test_subgraph_and_counts() -> None:
     g.apply([["v", "c", {IS_DELETED: True}, []]])
     assert g.counts_by_type() == {"host": 1, "instance": 1, "zone": 1}
     assert g.counts_by_type(include_deleted=True) == {"host": 1, "instance": 2, "zone": 1}
+
+
+def test_restored_edge_count_is_saved_not_recounted() -> None:
+    g = small()
+    state = g.__getstate__()
+    assert state["edges"] == 3
+    restored = EntityGraph.__new__(EntityGraph)
+    restored.__setstate__({**state, "edges": 7})  # trusted as saved: no walk of the graph
+    assert restored.edge_count == 7
+    older = {k: v for k, v in state.items() if k != "edges"}  # a snapshot from before
+    restored.__setstate__(older)
+    assert restored.edge_count == 3

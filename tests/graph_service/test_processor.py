@@ -20,7 +20,7 @@ from graph_service.entity_graph import (
     TYPE,
     EntityGraph,
 )
-from graph_service.processor import Outcome, Processor, Status
+from graph_service.processor import Outcome, Processor, RecentIds, Status
 from graph_service.transformers import ATTACHED, CONTAINS, ON, MalformedEvent
 from rca_common.events import Event
 from tests.graph_service.core_helpers import (
@@ -614,3 +614,24 @@ def test_malformed_event_changes_no_state(bad: Event) -> None:
         **{**bad.model_dump(), "entity_type": "nova.host", "entity_id": "h1", "payload": {}}
     )
     assert p.process(fixed).status is Status.APPLIED
+
+
+@pytest.mark.parametrize(
+    ("capacity", "ids"),
+    [
+        (5, ["a", "b", "c"]),
+        (2, ["a", "b", "c", "d"]),
+        (0, ["a"]),
+        (3, ["a", "b", "a", "c", "d"]),  # not distinct: restored exactly anyway
+    ],
+)
+def test_recent_ids_restore_in_bulk_equals_adding_one_by_one(capacity: int, ids: list[str]) -> None:
+    one_by_one = RecentIds(capacity)
+    for event_id in ids:
+        one_by_one.add(event_id)
+    bulk = RecentIds.restore(capacity, ids)
+    assert list(bulk._order) == list(one_by_one._order)
+    assert list(bulk._ids) == list(one_by_one._ids)
+    bulk.add("z")
+    one_by_one.add("z")
+    assert list(bulk._order) == list(one_by_one._order)
