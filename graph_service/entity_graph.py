@@ -80,6 +80,9 @@ class EntityGraph:
         # vid -> time of deletion, in the order deletions happened (purge queue).
         self._deleted: dict[str, datetime] = {}
         self._edges = 0  # networkx counts edges in O(V + E); /status asks often
+        # Entries purged from the front of ``_deleted`` since it was last compacted: a
+        # dict keeps their slots, and every scan from the front would walk them.
+        self._holes = 0
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -103,6 +106,7 @@ class EntityGraph:
         g._pred = state["pred"]
         self._g = g
         self._deleted = state["deleted"]
+        self._holes = 0
         edges = state.get("edges")  # counted when saved: counting here walks the graph
         self._edges = g.number_of_edges() if edges is None else edges
 
@@ -149,7 +153,8 @@ class EntityGraph:
                         map(len, pred[vid].values())
                     )
                     self._g.remove_node(vid)
-                deleted.pop(vid, None)
+                if deleted.pop(vid, None) is not None:
+                    self._holes += 1
             elif op == "E":
                 src, dst, label = ch[1], ch[2], ch[3]
                 keys = succ.get(src, {}).get(dst)
@@ -161,6 +166,9 @@ class EntityGraph:
                         del pred[dst][src]
             else:
                 raise ValueError(f"unknown change op {op!r}")
+        if self._holes > 1024 and self._holes > len(deleted):
+            self._deleted = dict(deleted)  # same order, no dead slots (amortised O(1))
+            self._holes = 0
 
     def _track_deleted(self, vid: str, attrs: Props) -> None:
         if attrs.get(IS_DELETED):
@@ -168,6 +176,7 @@ class EntityGraph:
                 self._index_deleted(vid, parse_timestamp(attrs[SAMPLE_TS]))
         elif vid in self._deleted:
             del self._deleted[vid]
+            self._holes += 1
 
     def _index_deleted(self, vid: str, when: datetime) -> None:
         """Insert into the purge queue keeping it ordered by deletion time.

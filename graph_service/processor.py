@@ -36,6 +36,7 @@ from graph_service.entity_graph import (
     DATASOURCE,
     IS_DELETED,
     IS_PLACEHOLDER,
+    RELATIONSHIP,
     SAMPLE_TS,
     TYPE,
     VID,
@@ -130,12 +131,14 @@ class RecentIds:
         return recent
 
     def add(self, event_id: str) -> None:
-        if event_id in self._ids:
+        ids = self._ids
+        if event_id in ids:
             return
-        self._order.append(event_id)
-        self._ids[event_id] = None
-        if len(self._order) > self.capacity:
-            del self._ids[self._order.popleft()]
+        order = self._order
+        order.append(event_id)
+        ids[event_id] = None
+        if len(order) > self.capacity:
+            del ids[order.popleft()]
 
 
 class Processor:
@@ -160,32 +163,42 @@ class Processor:
     # ---------------------------------------------------------------- live path
     def process(self, event: Event) -> Outcome:
         """Apply one event; raises MalformedEvent (before touching any state) if it is bad."""
-        if event.event_id in self.recent:
+        if event.event_id in self.recent._ids:
             return Outcome(event, Status.DUPLICATE)
         if event.entity_type == VITRAGE:
             return self._process_action(event)
-        if event.action is Action.END_SNAPSHOT and event.source == VITRAGE:
-            # Deduced alarms belong to the evaluator's bookkeeping, not to a snapshot round.
-            raise MalformedEvent(f"event {event.event_id}: no snapshot rounds for {VITRAGE!r}")
-        tf = transform(event, self.states) if event.action is not Action.END_SNAPSHOT else None
-        seen = self._observe(event)
-        changes: list[Change] = []
-        emit = _Emitter(self.graph, changes)
-        status = Status.APPLIED
-        if event.action is Action.END_SNAPSHOT:
+        action = event.action
+        if action is Action.END_SNAPSHOT:
+            if event.source == VITRAGE:
+                # Deduced alarms belong to the evaluator's bookkeeping, not to a round.
+                raise MalformedEvent(f"event {event.event_id}: no snapshot rounds for {VITRAGE!r}")
+            seen = self._observe(event)
+            changes: list[Change] = []
+            emit = _Emitter(self.graph, changes)
             self._end_snapshot(event, seen or {}, emit)
+            self._purge(emit)
+            return Outcome(event, Status.APPLIED, changes)
+        ts = event.sample_timestamp
+        stamp = format_timestamp(ts)  # once per event: the transformer and deletions use it
+        tf = transform(event, self.states, stamp)
+        self._observe(event)
+        changes = []
+        status = Status.APPLIED
+        vid = tf.vid
+        old = self.graph.vertex(vid)
+        if old is not None and _is_newer(old, ts):
+            status = Status.STALE
+        elif action is Action.DELETE or tf.deleted:
+            if old is not None and not old.get(IS_DELETED):
+                self._mark_deleted_at(vid, stamp, _Emitter(self.graph, changes))
         else:
-            assert tf is not None
-            old = self.graph.vertex(tf.vid)
-            if old is not None and _is_newer(old, event.sample_timestamp):
-                status = Status.STALE
-            elif event.action is Action.DELETE or tf.deleted:
-                if old is not None and not old.get(IS_DELETED):
-                    self._mark_deleted(tf.vid, event.sample_timestamp, emit)
-            else:
-                self._upsert(tf.vid, tf.props, old, emit)
-                self._link(tf.vid, tf.refs, tf.owned, event.sample_timestamp, emit)
-        self._purge(emit)
+            self._upsert(vid, tf.props, old, changes)
+            if tf.refs or tf.owned:
+                self._link(vid, tf.refs, tf.owned, stamp, changes)
+        for purged in self._due_for_purge():  # _purge without an emitter
+            ch: Change = ["V", purged]
+            self.graph.apply((ch,))
+            changes.append(ch)
         return Outcome(event, status, changes)
 
     def _process_action(self, event: Event) -> Outcome:
@@ -286,7 +299,8 @@ class Processor:
         round (the vertices an end_snapshot will keep; returned by the end_snapshot)."""
         self.recent.add(event_id)
         if self.clock is None or ts > self.clock:
-            self.clock = ts.astimezone(UTC)  # plain datetime.timezone: snapshot-safe
+            # plain datetime.timezone: snapshot-safe (most events are UTC already)
+            self.clock = ts if ts.tzinfo is UTC else ts.astimezone(UTC)
         if etype == VITRAGE:
             return None
         if action == Action.END_SNAPSHOT:
@@ -300,79 +314,108 @@ class Processor:
         return None
 
     # ------------------------------------------------------------------ changes
-    def _upsert(self, vid: str, props: dict[str, Any], old: dict[str, Any] | None, emit: _Emitter):
+    # The live path applies each change as soon as it is made (later decisions see
+    # earlier changes, as with :class:`_Emitter`) but inline: ``apply((ch,))`` and
+    # ``changes.append(ch)`` without a call through the emitter per change.
+    def _upsert(
+        self, vid: str, props: dict[str, Any], old: dict[str, Any] | None, changes: list[Change]
+    ) -> None:
         if OPERATIONAL_STATE in props:
             evaluator_state = old.get(EVALUATOR_STATE) if old else None
             props[AGGREGATED_STATE] = self.states.aggregate(
                 props[TYPE], props[OPERATIONAL_STATE], evaluator_state
             )
         if old is None:
-            emit(["v", vid, props, []])
-            return
-        changed = {
-            k: v
-            for k, v in props.items()
-            if k not in old
-            or type(ov := old[k]) is not type(v)
-            or ov != v
-            or (type(v) in _CONTAINERS and not _same(ov, v))
-        }
-        removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
-        if changed or removed:
-            emit(["v", vid, changed, removed])
+            ch: Change = ["v", vid, props, []]
+        else:
+            # A value is unchanged only if equal *and* of the same JSON type, all the
+            # way down (see _same); the cheap != first, as most keys are unchanged.
+            changed = {
+                k: v
+                for k, v in props.items()
+                if k not in old
+                or (ov := old[k]) != v
+                or (t := type(v)) is not type(ov)
+                or (t in _CONTAINERS and not _same(ov, v))
+            }
+            if old.keys() <= props.keys():  # C-speed check for the usual case
+                removed = []
+            else:
+                removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
+            if not changed and not removed:
+                return
+            ch = ["v", vid, changed, removed]
+        self.graph.apply((ch,))
+        changes.append(ch)
 
     def _link(
         self,
         vid: str,
         refs: list[Ref],
         owned: tuple[tuple[str, bool, str | None], ...],
-        ts: datetime,
-        emit: _Emitter,
+        stamp: str,
+        changes: list[Change],
     ) -> None:
         g = self.graph
+        apply = g.apply
+        vertex = g.vertex
+        successors = g.successors
         wanted: set[tuple[str, str, str]] = set()
         for ref in refs:
             nid = ref.vid
-            if nid not in g:
-                emit(["v", nid, _placeholder(nid, ref, ts), []])
+            label = ref.label
+            if vertex(nid) is None:
+                ch: Change = ["v", nid, _placeholder(nid, ref, stamp), []]
+                apply((ch,))
+                changes.append(ch)
             src, dst = (vid, nid) if ref.outgoing else (nid, vid)
-            wanted.add((src, dst, ref.label))
-            edge = g.edge(src, dst, ref.label)
+            wanted.add((src, dst, label))
+            keyed = successors(src).get(dst)
+            edge = None if keyed is None else keyed.get(label)
             if edge is None:
-                emit(
-                    [
-                        "e",
-                        src,
-                        dst,
-                        ref.label,
-                        {"relationship_type": ref.label, IS_DELETED: False},
-                        [],
-                    ]
-                )
+                ch = ["e", src, dst, label, {RELATIONSHIP: label, IS_DELETED: False}, []]
             elif edge.get(IS_DELETED):
-                emit(["e", src, dst, ref.label, {IS_DELETED: False}, []])
+                ch = ["e", src, dst, label, {IS_DELETED: False}, []]
+            else:
+                continue
+            apply((ch,))
+            changes.append(ch)
         if not owned:
             return
         stale: list[tuple[str, str, str]] = []
         for label, outgoing, ntype in owned:
-            adjacency = g.successors(vid) if outgoing else g.predecessors(vid)
+            adjacency = successors(vid) if outgoing else g.predecessors(vid)
             for other, keyed in adjacency.items():
                 if label not in keyed:
                     continue
                 edge_id = (vid, other, label) if outgoing else (other, vid, label)
                 if edge_id in wanted:
                     continue
-                if ntype is None or g.vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
+                if ntype is None or vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
                     stale.append(edge_id)
         for src, dst, key in stale:  # a move: the old edge goes
-            emit(["E", src, dst, key])
+            ch = ["E", src, dst, key]
+            apply((ch,))
+            changes.append(ch)
 
     def _mark_deleted(self, vid: str, ts: datetime, emit: _Emitter) -> None:
+        self._mark_deleted_at(vid, format_timestamp(ts), emit)
+
+    def _mark_deleted_at(self, vid: str, stamp: str, emit: _Emitter) -> None:
+        """:meth:`_mark_deleted` given the deleting event's time already formatted."""
         g = self.graph
-        emit(["v", vid, {IS_DELETED: True, SAMPLE_TS: format_timestamp(ts)}, []])
+        emit(["v", vid, {IS_DELETED: True, SAMPLE_TS: stamp}, []])
+        # out-edges then in-edges, as networkx lists them (a self-loop is in both)
         edges = [
-            (s, d, k)
-            for s, d, k, a in (*g.out_edges(vid), *g.in_edges(vid))
+            (vid, dst, key)
+            for dst, keyed in g.successors(vid).items()
+            for key, a in keyed.items()
+            if not a.get(IS_DELETED)
+        ]
+        edges += [
+            (src, vid, key)
+            for src, keyed in g.predecessors(vid).items()
+            for key, a in keyed.items()
             if not a.get(IS_DELETED)
         ]
         for src, dst, key in edges:
@@ -380,23 +423,35 @@ class Processor:
 
     def _end_snapshot(self, event: Event, seen: dict[str, None], emit: _Emitter) -> None:
         """Consistency: the source's entities missing from its snapshot are deleted."""
+        source = event.source
         missing = [
             vid
             for vid, attrs in self.graph.vertices()
-            if attrs.get(DATASOURCE) == event.source
+            if attrs.get(DATASOURCE) == source
             and vid not in seen
             and not attrs.get(IS_DELETED)
             and not attrs.get(IS_PLACEHOLDER)
         ]
-        for vid in missing:
-            self._mark_deleted(vid, event.sample_timestamp, emit)
+        if missing:
+            stamp = format_timestamp(event.sample_timestamp)
+            for vid in missing:
+                self._mark_deleted_at(vid, stamp, emit)
 
     def _purge(self, emit: _Emitter) -> None:
         """Physically remove vertices deleted longer than MIN_TIME_TO_DELETE ago (event time)."""
-        if self.clock is None:
-            return
-        for vid in self.graph.deleted_before(self.clock - self.min_time_to_delete):
+        for vid in self._due_for_purge():
             emit(["V", vid])
+
+    def _due_for_purge(self) -> list[str]:
+        """The deleted vertices :meth:`_purge` removes now (the live path emits them inline).
+
+        Note: ``deleted_before`` walks the purge queue dict from its front, and every
+        purge leaves a dead slot there until the dict next resizes; with thousands of
+        deleted vertices waiting, that walk is most of this call (see EntityGraph).
+        """
+        if self.clock is None:
+            return []
+        return self.graph.deleted_before(self.clock - self.min_time_to_delete)
 
 
 class _Emitter:
@@ -413,7 +468,7 @@ class _Emitter:
         self.changes.append(change)
 
 
-_CONTAINERS = (list, dict)
+_CONTAINERS = frozenset((list, dict))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -436,7 +491,7 @@ def _is_newer(attrs: dict[str, Any], ts: datetime) -> bool:
     return current is not None and parse_timestamp(current) > ts
 
 
-def _placeholder(vid: str, ref: Ref, ts: datetime) -> dict[str, Any]:
+def _placeholder(vid: str, ref: Ref, stamp: str) -> dict[str, Any]:
     return {
         VID: vid,
         CATEGORY: category_of(ref.vtype),
@@ -444,7 +499,7 @@ def _placeholder(vid: str, ref: Ref, ts: datetime) -> dict[str, Any]:
         "id": ref.entity_id,
         IS_PLACEHOLDER: True,
         IS_DELETED: False,
-        SAMPLE_TS: format_timestamp(ts),
+        SAMPLE_TS: stamp,
     }
 
 

@@ -45,6 +45,12 @@ class StateNormalizer:
     """Normalisation tables for every entity type that has a file."""
 
     by_type: dict[str, TypeStates] = field(default_factory=dict)
+    # (entity type, raw string state) -> operational state: the processor asks for
+    # every event, and datasources repeat a handful of raw states. Only ``str`` raws
+    # (``True`` and ``1`` hash alike but normalise differently). Cleared when full.
+    _cache: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, directory: Path = DEFAULT_DIR) -> StateNormalizer:
@@ -57,7 +63,15 @@ class StateNormalizer:
         return self.by_type.get(entity_type) or _FALLBACK
 
     def operational(self, entity_type: str, raw: object) -> str:
-        return self.table(entity_type).operational(raw)
+        if type(raw) is not str:
+            return self.table(entity_type).operational(raw)
+        key = (entity_type, raw)
+        op = self._cache.get(key)
+        if op is None:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            op = self._cache[key] = self.table(entity_type).operational(raw)
+        return op
 
     def aggregate(self, entity_type: str, operational: str, evaluator_state: str | None) -> str:
         """The higher-priority one of the datasource state and the evaluator's state."""
@@ -71,6 +85,7 @@ class StateNormalizer:
 
 
 _FALLBACK = TypeStates(raw_to_operational={}, priority={})
+_CACHE_MAX = 4096
 
 
 def _load_file(path: Path) -> TypeStates:

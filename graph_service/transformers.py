@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from hashlib import sha1
+from typing import Any, NamedTuple
 
 from graph_service.entity_graph import (
     ALARM,
@@ -48,14 +49,27 @@ DEFAULT_CLUSTER = "openstack.cluster"
 EVALUATOR_OWNED = frozenset({EVALUATOR_STATE, "is_marked_down"})
 
 
+_NAMESPACE_BYTES = VERTEX_NAMESPACE.bytes
+
+
 @lru_cache(maxsize=1 << 18)
 def vertex_id(category: str, vtype: str, entity_id: str) -> str:
-    """Deterministic vertex id: uuid5 of category, type and datasource id."""
-    return str(uuid.uuid5(VERTEX_NAMESPACE, f"{category}:{vtype}:{entity_id}"))
+    """Deterministic vertex id: uuid5 of category, type and datasource id.
+
+    ``str(uuid.uuid5(VERTEX_NAMESPACE, name))`` written out: the UUID object's
+    validation and int round trip cost more than the SHA-1 (new alarms miss the cache).
+    """
+    h = sha1(_NAMESPACE_BYTES + f"{category}:{vtype}:{entity_id}".encode()).hexdigest()
+    # version 5 in the 13th hex digit; RFC 4122 variant (binary 10xx) in the 17th
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+# Plain strings: membership of a str in a set of StrEnum members is slower.
+_ALARM_CATEGORY_TYPES = frozenset(t.value for t in (*ALARM_TYPES, EntityType.VITRAGE))
 
 
 def category_of(entity_type: str) -> str:
-    return ALARM if entity_type in ALARM_TYPES or entity_type == EntityType.VITRAGE else RESOURCE
+    return ALARM if entity_type in _ALARM_CATEGORY_TYPES else RESOURCE
 
 
 class MalformedEvent(ValueError):
@@ -66,18 +80,26 @@ class MalformedEvent(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """A reference from the event's entity to another entity, and the edge it implies."""
-
+class _RefFields(NamedTuple):
     vtype: str
     entity_id: str
     label: str
     outgoing: bool  # True: entity -> ref; False: ref -> entity
+    vid: str  # derived from the fields above, computed once (the processor reads it often)
 
-    @property
-    def vid(self) -> str:
-        return vertex_id(category_of(self.vtype), self.vtype, self.entity_id)
+
+class Ref(_RefFields):
+    """A reference from the event's entity to another entity, and the edge it implies.
+
+    ``Ref(vtype, entity_id, label, outgoing)``; the referenced vertex id is computed
+    on construction, so equal references are equal tuples.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, vtype: str, entity_id: str, label: str, outgoing: bool) -> Ref:
+        vid = vertex_id(category_of(vtype), vtype, entity_id)
+        return tuple.__new__(cls, (vtype, entity_id, label, outgoing, vid))
 
 
 @dataclass(slots=True)
@@ -94,7 +116,8 @@ class Transformed:
     deleted: bool = False
 
 
-Transformer = Callable[[Event, StateNormalizer], Transformed]
+# (event, states, the event's formatted sample_timestamp) -> what it says
+Transformer = Callable[[Event, StateNormalizer, str], Transformed]
 
 
 def _require(payload: dict[str, Any], key: str, event: Event) -> Any:
@@ -117,34 +140,34 @@ def _ref_id(event: Event, key: str, value: Any) -> str:
     )
 
 
-def _resource(event: Event, states: StateNormalizer) -> dict[str, Any]:
+def _resource(event: Event, states: StateNormalizer, stamp: str) -> dict[str, Any]:
     payload = event.payload
     etype = event.entity_type
-    op_state = states.operational(etype, payload.get("state"))
-    props: dict[str, Any] = dict(payload)
-    props.update(
-        {
-            VID: vertex_id(RESOURCE, etype, event.entity_id),
-            CATEGORY: RESOURCE,
-            TYPE: etype,
-            "id": event.entity_id,
-            "name": payload.get("name", event.entity_id),
-            "state": payload.get("state"),
-            DATASOURCE: event.source,
-            SAMPLE_TS: format_timestamp(event.sample_timestamp),
-            IS_DELETED: False,
-            IS_PLACEHOLDER: False,
-            OPERATIONAL_STATE: op_state,
-        }
-    )
-    return props
+    eid = event.entity_id
+    state = payload.get("state")
+    # The payload's keys first, then ours (a payload key of the same name keeps its
+    # position and takes our value): the key order is part of the logged change.
+    return {
+        **payload,
+        VID: vertex_id(RESOURCE, etype, eid),
+        CATEGORY: RESOURCE,
+        TYPE: etype,
+        "id": eid,
+        "name": payload.get("name", eid),
+        "state": state,
+        DATASOURCE: event.source,
+        SAMPLE_TS: stamp,
+        IS_DELETED: False,
+        IS_PLACEHOLDER: False,
+        OPERATIONAL_STATE: states.operational(etype, state),
+    }
 
 
 def _simple(
     refs_of: Callable[[Event], list[Ref]], owned: tuple[tuple[str, bool, str], ...]
 ) -> Transformer:
-    def transform(event: Event, states: StateNormalizer) -> Transformed:
-        props = _resource(event, states)
+    def transform(event: Event, states: StateNormalizer, stamp: str) -> Transformed:
+        props = _resource(event, states, stamp)
         return Transformed(props[VID], props, refs_of(event), owned)
 
     return transform
@@ -190,7 +213,7 @@ def _no_refs(e: Event) -> list[Ref]:
     return []
 
 
-def _alarm(event: Event, states: StateNormalizer) -> Transformed:
+def _alarm(event: Event, states: StateNormalizer, stamp: str) -> Transformed:
     payload = event.payload
     etype = event.entity_type
     name = _require(payload, "name", event)
@@ -206,27 +229,24 @@ def _alarm(event: Event, states: StateNormalizer) -> Transformed:
     severity = payload.get("severity")
     op_sev = states.operational(etype, severity)
     vid = vertex_id(ALARM, etype, event.entity_id)
-    rcat = category_of(rtype)
-    props: dict[str, Any] = dict(payload)
-    props.update(
-        {
-            VID: vid,
-            CATEGORY: ALARM,
-            TYPE: etype,
-            "id": event.entity_id,
-            "name": name,
-            "state": "Active" if status == "firing" else "Inactive",
-            DATASOURCE: event.source,
-            SAMPLE_TS: format_timestamp(event.sample_timestamp),
-            IS_DELETED: False,
-            IS_PLACEHOLDER: False,
-            OPERATIONAL_SEVERITY: op_sev,
-            AGGREGATED_SEVERITY: op_sev,
-            RESOURCE_VID: vertex_id(rcat, rtype, rid),
-            RESOURCE_TYPE: rtype,
-        }
-    )
     ref = Ref(rtype, rid, ON, True)
+    props: dict[str, Any] = {
+        **payload,
+        VID: vid,
+        CATEGORY: ALARM,
+        TYPE: etype,
+        "id": event.entity_id,
+        "name": name,
+        "state": "Active" if status == "firing" else "Inactive",
+        DATASOURCE: event.source,
+        SAMPLE_TS: stamp,
+        IS_DELETED: False,
+        IS_PLACEHOLDER: False,
+        OPERATIONAL_SEVERITY: op_sev,
+        AGGREGATED_SEVERITY: op_sev,
+        RESOURCE_VID: ref.vid,
+        RESOURCE_TYPE: rtype,
+    }
     # The alarm owns its "on" edge whatever the resource type: an alarm moved to a
     # resource of another type must not keep the old edge.
     return Transformed(vid, props, [ref], ((ON, True, None),), deleted=status == "resolved")
@@ -251,16 +271,17 @@ TRANSFORMERS: dict[str, Transformer] = {
 }
 
 
-def transform(event: Event, states: StateNormalizer) -> Transformed:
-    """Run the event's transformer; unknown types and bad payloads raise MalformedEvent."""
+def transform(event: Event, states: StateNormalizer, stamp: str | None = None) -> Transformed:
+    """Run the event's transformer; unknown types and bad payloads raise MalformedEvent.
+
+    ``stamp`` is ``format_timestamp(event.sample_timestamp)`` when the caller has it
+    already (the processor formats each event's time once).
+    """
     fn = TRANSFORMERS.get(event.entity_type)
     if not event.entity_id:
         raise MalformedEvent(f"event {event.event_id}: entity_id is required for {event.action}")
     if fn is None:
         raise MalformedEvent(f"event {event.event_id}: no transformer for {event.entity_type!r}")
-    return fn(event, states)
-
-
-def entity_vid(event: Event) -> str:
-    """The vertex id of the event's own entity (for bookkeeping, without transforming)."""
-    return vertex_id(category_of(event.entity_type), event.entity_type, event.entity_id)
+    if stamp is None:
+        stamp = format_timestamp(event.sample_timestamp)
+    return fn(event, states, stamp)

@@ -213,3 +213,17 @@ def test_restored_edge_count_is_saved_not_recounted() -> None:
     older = {k: v for k, v in state.items() if k != "edges"}  # a snapshot from before
     restored.__setstate__(older)
     assert restored.edge_count == 3
+
+
+def test_the_purge_queue_is_compacted_as_it_is_purged_from_the_front() -> None:
+    """A dict keeps the slots of removed entries; scanning from the front would walk
+    every purged one. The queue is rebuilt (same order) once holes outnumber entries."""
+    g = EntityGraph()
+    g.apply([v(f"x{i}", t=i, deleted=True) for i in range(3000)])
+    for i in range(2500):
+        g.apply([["V", f"x{i}"]])
+    assert g._holes <= 1024
+    assert g.deleted_before(at(2600)) == [f"x{i}" for i in range(2500, 2600)]
+    assert len(g) == 500
+    restored = pickle.loads(pickle.dumps(g, protocol=5))
+    assert restored.deleted_before(at(3000)) == [f"x{i}" for i in range(2500, 3000)]

@@ -20,7 +20,7 @@ from graph_service.entity_graph import (
     TYPE,
     EntityGraph,
 )
-from graph_service.processor import Outcome, Processor, RecentIds, Status
+from graph_service.processor import Outcome, Processor, RecentIds, Status, _Emitter
 from graph_service.transformers import ATTACHED, CONTAINS, ON, MalformedEvent
 from rca_common.events import Event
 from tests.graph_service.core_helpers import (
@@ -635,3 +635,26 @@ def test_recent_ids_restore_in_bulk_equals_adding_one_by_one(capacity: int, ids:
     bulk.add("z")
     one_by_one.add("z")
     assert list(bulk._order) == list(one_by_one._order)
+
+
+def test_delete_marks_edges_in_networkx_order_self_loop_included() -> None:
+    """_mark_deleted walks the adjacency dicts itself: out-edges then in-edges, in the
+    order networkx lists them (a self-loop, which an alarm on itself makes, twice)."""
+    p = Processor()
+    applied(p, ev("nova.host", "h1", 0, zone="z1", state="UP"))
+    for i in range(3):
+        applied(p, ev("nova.instance", f"i{i}", 1, host="h1"))
+    applied(p, ev("zabbix", "a1", 2, name="n", resource_type="nova.host", resource_id="h1"))
+    a1 = vid("zabbix", "a1")
+    applied(p, ev("zabbix", "a2", 3, name="n", resource_type="zabbix", resource_id="a2"))
+    a2 = vid("zabbix", "a2")
+    for target in (H1, a2):
+        g = p.graph
+        expected = [(s, d, k) for s, d, k, _ in (*g.out_edges(target), *g.in_edges(target))]
+        assert len(expected) == (5 if target == H1 else 2)
+        changes: list[Any] = []
+        p._mark_deleted(target, at(9), _Emitter(g, changes))
+        assert changes[0] == ["v", target, {IS_DELETED: True, SAMPLE_TS: ts(9)}, []]
+        assert [tuple(c[1:4]) for c in changes[1:]] == expected
+        assert all(c[4] == {IS_DELETED: True} for c in changes[1:])
+    assert p.graph.edge(a1, H1, ON) == {RELATIONSHIP: ON, IS_DELETED: True}

@@ -156,3 +156,19 @@ def test_is_marked_down_is_evaluator_owned_too() -> None:
     p.graph.apply([["v", hid, {"is_marked_down": True}, []]])
     p.process(ev("nova.host", "h1", 1, state="UP", zone="z1"))
     assert p.graph.vertex(hid)["is_marked_down"] is True
+
+
+def test_cached_normalisation_is_the_uncached_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import graph_service.states as states
+
+    monkeypatch.setattr(states, "_CACHE_MAX", 4)  # clearing when full changes nothing
+    fresh = StateNormalizer.load()
+    raws: list[object] = ["ACTIVE", "active", "error", "bogus", None, True, 1, "TRUE", "1", 1.0]
+    for _ in range(3):
+        for etype in ["nova.instance", "nova.host", "zabbix", "no.such.type"]:
+            for raw in raws:
+                table = fresh.table(etype)
+                assert fresh.operational(etype, raw) == table.operational(raw), (etype, raw)
+    assert len(fresh._cache) <= 4
+    # Only str raws are cached: True and 1 hash alike but are different raw states.
+    assert all(type(raw) is str for _, raw in fresh._cache)

@@ -34,10 +34,10 @@ from graph_service.transformers import (
     VERTEX_NAMESPACE,
     MalformedEvent,
     Ref,
-    entity_vid,
     transform,
     vertex_id,
 )
+from rca_common.events import format_timestamp
 from tests.graph_service.core_helpers import ev, ts, vid
 
 STATES = StateNormalizer.load()
@@ -45,6 +45,43 @@ STATES = StateNormalizer.load()
 
 def expected_vid(category: str, etype: str, eid: str) -> str:
     return str(uuid.uuid5(VERTEX_NAMESPACE, f"{category}:{etype}:{eid}"))
+
+
+def test_vertex_id_is_str_of_uuid5_for_any_name() -> None:
+    # vertex_id computes the uuid5 itself (faster than uuid.uuid5): same strings.
+    for eid in ["", "h1", "é-ü", "🙂:x:y", "a" * 300, "12345", "-:-"]:
+        for category, etype in [(RESOURCE, "nova.host"), (ALARM, "zabbix")]:
+            assert vertex_id.__wrapped__(category, etype, eid) == expected_vid(category, etype, eid)
+            assert uuid.UUID(vertex_id(category, etype, eid)).version == 5
+
+
+def test_ref_carries_the_vertex_id_it_points_to() -> None:
+    ref = Ref("nova.host", "h1", CONTAINS, False)
+    assert ref.vid == expected_vid(RESOURCE, "nova.host", "h1")
+    assert Ref("zabbix", "a1", ON, True).vid == expected_vid(ALARM, "zabbix", "a1")
+    assert ref == Ref("nova.host", "h1", CONTAINS, False) != Ref("nova.host", "h2", CONTAINS, False)
+    fields = (ref.vtype, ref.entity_id, ref.label, ref.outgoing)
+    assert fields == ("nova.host", "h1", CONTAINS, False)
+    with pytest.raises(AttributeError):
+        ref.vtype = "nova.zone"  # type: ignore[misc]
+
+
+def test_transform_with_a_preformatted_stamp_is_the_same() -> None:
+    for event in [
+        ev("nova.instance", "i1", 3.5, host="h1", state="ACTIVE"),
+        ev("zabbix", "a1", 7, name="x", resource_type="nova.host", resource_id="h1"),
+    ]:
+        plain = transform(event, STATES)
+        stamped = transform(event, STATES, format_timestamp(event.sample_timestamp))
+        assert list(plain.props.items()) == list(stamped.props.items())
+        assert plain == stamped
+
+
+def test_payload_keys_come_first_and_ours_overwrite_in_place() -> None:
+    event = ev("nova.host", "h1", 0, zz="last?", state="up", vitrage_id="forged", name="n")
+    keys = list(transform(event, STATES).props)
+    assert keys[:4] == ["zz", "state", VID, "name"]  # the payload's order, ours overwritten
+    assert transform(event, STATES).props[VID] == vid("nova.host", "h1")
 
 
 def test_vertex_id_is_deterministic_uuid5() -> None:
@@ -104,7 +141,7 @@ def test_resource_transformer(
 ) -> None:
     event = ev(etype, "e1", 5, name="the-name", custom={"nested": [1, "x"]}, flag=True, **payload)
     tf = transform(event, STATES)
-    assert tf.vid == expected_vid(RESOURCE, etype, "e1") == entity_vid(event)
+    assert tf.vid == expected_vid(RESOURCE, etype, "e1")
     p = tf.props
     assert p[VID] == tf.vid
     assert p[CATEGORY] == RESOURCE
@@ -175,7 +212,7 @@ def test_alarm_transformer(etype: str, severity: str, op_sev: str, rtype: str) -
         runbook="http://x",
     )
     tf = transform(event, STATES)
-    assert tf.vid == expected_vid(ALARM, etype, "a1") == entity_vid(event)
+    assert tf.vid == expected_vid(ALARM, etype, "a1")
     p = tf.props
     assert p[VID] == tf.vid
     assert p[CATEGORY] == ALARM

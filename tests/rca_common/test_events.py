@@ -223,3 +223,47 @@ def test_event_model_keeps_action_enum_and_extra_through_construction() -> None:
     )
     assert event.action is Action.DELETE
     assert event.to_wire()["note"] == "kept"
+
+
+def _reference_format(ts: datetime) -> str:
+    """The definition format_timestamp's fast path must keep to."""
+    if ts.utcoffset():
+        ts = ts.astimezone(UTC)
+    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def test_format_timestamp_is_isoformat_of_the_utc_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from pydantic_core import TzInfo
+
+    import rca_common.events as events
+
+    # A tiny minute-prefix cache: clearing it when full must not change any result.
+    monkeypatch.setattr(events, "_MINUTE_PREFIXES_MAX", 3)
+    zones = [None, UTC, timezone(timedelta(0)), timezone(timedelta(hours=2))]
+    zones += [timezone(timedelta(hours=-5, minutes=-30)), TzInfo(0), TzInfo(-3600)]
+    rng = random.Random(7)
+    edges = [datetime(1, 1, 1, 12, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999)]
+    for ts in edges + [
+        datetime(
+            rng.randint(1, 9998),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+            rng.randint(0, 59),
+            rng.choice([0, 5, rng.randint(0, 999_999)]),
+            tzinfo=rng.choice(zones),
+        )
+        for _ in range(3000)
+    ]:
+        assert format_timestamp(ts) == _reference_format(ts), ts
+    assert len(events._MINUTE_PREFIXES) <= 3
+
+
+def test_parse_timestamp_of_the_stored_form_is_utc_and_round_trips() -> None:
+    text = "2026-03-04T05:06:07.000008Z"
+    parsed = parse_timestamp(text)
+    assert parsed == datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=UTC) and parsed.tzinfo is UTC
+    assert format_timestamp(parsed) == text
