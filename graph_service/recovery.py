@@ -117,31 +117,45 @@ async def replay_log(
     expected = after_seq + 1
     done = 0
     log.info("replay started", after_seq=after_seq, upto_seq=upto_seq, records=total)
-    cursor_from = after_seq
-    while cursor_from < upto_seq:
-        rows = await conn.fetch(
+
+    def fetch(after: int) -> Awaitable[list[asyncpg.Record]]:
+        return conn.fetch(
             "SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2"
             " ORDER BY seq LIMIT $3",
-            cursor_from,
+            after,
             upto_seq,
             REPLAY_CHUNK,
         )
-        if not rows:
-            break
-        for seq, epoch, record in rows:
-            if epoch < snapshot_epoch:
-                report.replay_skipped_stale += 1
-                continue
-            if seq != expected:
-                raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
-            data = orjson.loads(record)
-            processor.replay_wire(data["event"], data["changes"])
-            if on_record is not None:
-                on_record(seq, epoch, data["event"], data["changes"])
-            expected = seq + 1
-            done += 1
-        crashpoints.hit("replay", len(rows))
+
+    rows = await fetch(after_seq) if after_seq < upto_seq else []
+    while rows:
         cursor_from = rows[-1][0]
+        # Ask for the next chunk before applying this one: PostgreSQL reads and sends it
+        # (on the other core) while this one is applied, instead of after.
+        following: asyncio.Task[list[asyncpg.Record]] | None = None
+        if cursor_from < upto_seq:
+            following = asyncio.ensure_future(fetch(cursor_from))
+        try:
+            if following is not None:
+                await asyncio.sleep(0)  # the task sends its query
+            for seq, epoch, record in rows:
+                if epoch < snapshot_epoch:
+                    report.replay_skipped_stale += 1
+                    continue
+                if seq != expected:
+                    raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
+                data = orjson.loads(record)
+                processor.replay_wire(data["event"], data["changes"])
+                if on_record is not None:
+                    on_record(seq, epoch, data["event"], data["changes"])
+                expected = seq + 1
+                done += 1
+        except BaseException:
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            raise
+        crashpoints.hit("replay", len(rows))
         now = time.monotonic()
         if now - last_log >= PROGRESS_EVERY:
             rate = done / (now - started)
@@ -154,7 +168,8 @@ async def replay_log(
                 eta_s=round(remaining / rate, 1) if rate else None,
             )
             last_log = now
-        await asyncio.sleep(0)  # let the watchdog and the HTTP API run
+        # awaiting the next chunk lets the watchdog and the HTTP API run
+        rows = await following if following is not None else []
     elapsed = time.monotonic() - started
     report.replayed = done
     report.replay_s = round(elapsed, 6)
