@@ -30,6 +30,7 @@ from graph_service.processor import Processor
 from graph_service.recovery import RecoveryReport
 from graph_service.rpc_client import GetAllClient, RpcError
 from graph_service.snapshot_schedule import SnapshotSchedule
+from graph_service.snapshots import SnapshotPreloader
 from graph_service.takeover import Takeover
 from rca_common import db
 from rca_common.broker import BrokerTopology, DeclaredTopology, declare_topology
@@ -64,6 +65,7 @@ class GraphService:
         self.processed_exchange: AbstractExchange | None = None
         self.declared: DeclaredTopology | None = None
         self.pool: asyncpg.Pool | None = None
+        self.preloader: SnapshotPreloader | None = None  # while standing by
         self.leadership = Leadership(settings, on_lost=self.fence)
         self.ingest: Ingest | None = None
         self.rpc: GetAllClient | None = None
@@ -109,6 +111,7 @@ class GraphService:
             "snapshot": self.snapshot_state,
             "end_snapshots": dict(ingest.end_snapshots) if ingest else {},
             "persistency": self.settings.enable_persistency,
+            **({"standby_preload": self.preloader.status()} if self.preloader else {}),
         }
 
     # ------------------------------------------------------------------ start

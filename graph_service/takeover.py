@@ -27,7 +27,7 @@ from graph_service.recovery import (
     wait_for_barrier,
 )
 from graph_service.snapshot_schedule import SnapshotSchedule
-from graph_service.snapshots import SnapshotStore
+from graph_service.snapshots import LoadedSnapshot, SnapshotPreloader, SnapshotStore
 from rca_common.logging import get_logger
 from rca_common.records import KIND_BARRIER, LogRecord, encode_records
 
@@ -41,11 +41,21 @@ class Takeover:
     def __init__(self, service: GraphService) -> None:
         self.svc = service
         self.settings = service.settings
+        self._preload_tasks: list[asyncio.Task[None]] = []
+        self._preloaded: LoadedSnapshot | None = None
 
     async def run(self) -> None:
         svc = self.svc
         svc.lifecycle.enter(Phase.STANDBY)
-        await self._wait_for_lock()
+        preloader = svc.preloader = self._start_preloader()
+        try:
+            await self._wait_for_lock()
+        finally:
+            svc.preloader = None
+            if preloader is not None:
+                preloader.stop()
+                await asyncio.gather(*self._preload_tasks, return_exceptions=True)
+        self._preloaded = preloader.take() if preloader is not None else None
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)
@@ -72,6 +82,17 @@ class Takeover:
         )
         svc.metrics.active.set(1)
         self._after_active(report, got_all)
+
+    def _start_preloader(self) -> SnapshotPreloader | None:
+        """While standing by, keep the newest snapshot decoded (see SnapshotPreloader)."""
+        interval = self.settings.standby_preload_interval
+        if not self.settings.enable_persistency or interval <= 0 or self.svc.pool is None:
+            return None
+        preloader = SnapshotPreloader(self.svc.pool, self._hmac_key(), interval)
+        self._preload_tasks.append(
+            asyncio.create_task(preloader.run(), name="standby-snapshot-preload")
+        )
+        return preloader
 
     async def _wait_for_lock(self) -> None:
         """Standby: wait for the lock; a lost database connection is retried, not fatal."""
@@ -150,8 +171,12 @@ class Takeover:
             report.barrier_max_seq = max_seq
             store = SnapshotStore(conn)
             snap = await store.load_newest(
-                self._hmac_key(), self.settings.snapshot_interval, max_seq=max_seq
+                self._hmac_key(),
+                self.settings.snapshot_interval,
+                max_seq=max_seq,
+                preloaded=self._preloaded,
             )
+            self._preloaded = None
             if snap is None:
                 report.reason = "no usable snapshot"
                 log.info("fresh start", reason=report.reason)
@@ -161,6 +186,7 @@ class Takeover:
             report.snapshot_epoch = snap.epoch
             report.snapshot_age_s = round(snap.age_s, 3)
             report.snapshot_load_s = round(snap.decode_s, 6)
+            report.extra["snapshot_preloaded"] = snap.preloaded
             svc.processor.import_state(snap.state["processor"])
             dirt = ReplayDirt(svc.evaluation, await evaluators_enabled(conn), max_seq)
             try:

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         " fork use this anyway).",
         True,
     )
+    standby_preload_interval: Annotated[float, Field(ge=0)] = _doc(
+        "Seconds between a standby's checks for a newer snapshot, which it then loads"
+        " ahead of a takeover (the takeover skips the decode when that snapshot is still the"
+        " one to use); costs a standby the memory of one graph. `0` turns preloading off.",
+        2.0,
+    )
     barrier_timeout: Annotated[float, Field(gt=0)] = _doc(
         "Seconds to wait for the persistor to commit the takeover barrier.", 10.0
     )

@@ -134,3 +134,36 @@ async def test_active_that_loses_its_lock_connection_exits_non_zero(
         assert "fencing" in graph.log()
     finally:
         await proxy.close()
+
+
+async def test_a_standby_preloads_the_snapshot_its_takeover_then_uses(
+    processes: Processes, broker: aio_pika.abc.AbstractChannel
+) -> None:
+    processes.start("persistor-service", PERSISTOR_HTTP_PORT="0")
+    processes.start("collector-stub", *SMALL)
+    first = processes.start("graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false")
+    await wait_http(first, "/readyz")
+
+    async def stored_snapshot() -> int | None:
+        snapshot = (await _status(first.url))["snapshot"]
+        return snapshot.get("snapshot_id") if snapshot.get("state") == "stored" else None
+
+    await wait_for(stored_snapshot, what="first snapshot")
+    snapshot_id = await stored_snapshot()
+    standby = processes.start(
+        "graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false", STANDBY_PRELOAD_INTERVAL="0.1"
+    )
+    await wait_http(standby, "/healthz")
+
+    async def preloaded() -> bool:
+        status = await _status(standby.url)
+        return status.get("standby_preload", {}).get("snapshot_id") == snapshot_id
+
+    await wait_for(preloaded, what="the standby preloading the snapshot")
+    assert processes.stop(first) == 0
+    await wait_http(standby, "/readyz")
+    status = await _status(standby.url)
+    assert status["recovery"]["mode"] == "snapshot"
+    assert status["recovery"]["snapshot_id"] == snapshot_id
+    assert status["recovery"]["snapshot_preloaded"] is True
+    assert "standby_preload" not in status  # the copy was handed over, not kept
