@@ -50,7 +50,9 @@ class ReplayDirt:
         # an enabling pass counts only if all its records are in the log we replay
         self.enabled = {e: s for e, s in enabled.items() if s <= upto}
         self.cut = max(self.enabled.values(), default=0)
-        self.pending: dict[str, None] = {}
+        # the change lists of the last trigger's group (vertices derived only at finish:
+        # per record, that would cost more than the replay's own work)
+        self._group: list[Any] = []
         self.records_dirty = 0
 
     def __call__(self, seq: int, epoch: int, event: dict[str, Any], changes: Any) -> None:
@@ -61,9 +63,19 @@ class ReplayDirt:
             self.records_dirty += 1
             self.evaluation.mark_dirty(changes)
         elif event.get("entity_type") != VITRAGE:  # a new trigger: the last one is complete
-            self.pending = dict.fromkeys(touched_vertices(changes)) if changes else {}
+            self._group.clear()
+            if changes:
+                self._group.append(changes)
         elif changes:
-            self.pending.update(dict.fromkeys(touched_vertices(changes)))
+            self._group.append(changes)
+
+    @property
+    def pending(self) -> dict[str, None]:
+        """The vertices of the last trigger's group, in first-touch order."""
+        pending: dict[str, None] = {}
+        for changes in self._group:
+            pending.update(dict.fromkeys(touched_vertices(changes)))
+        return pending
 
     def finish(self) -> None:
         """The last trigger's group may be incomplete: evaluate it again (idempotent)."""

@@ -622,6 +622,7 @@ class SnapshotPreloader:
         if loaded is not None:
             self.loaded = loaded
             self.loads += 1
+            gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
             log.info("standby: snapshot preloaded", **infos[0].log_fields())
         return self.loaded
 

@@ -7,6 +7,7 @@ snapshot, replay; or fresh get_all) → draining (the live queue) → active.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import TYPE_CHECKING
 
@@ -188,6 +189,11 @@ class Takeover:
             report.snapshot_load_s = round(snap.decode_s, 6)
             report.extra["snapshot_preloaded"] = snap.preloaded
             svc.processor.import_state(snap.state["processor"])
+            # The graph was unpickled with the collector paused: its millions of objects
+            # are all "young", and the next collections would walk every one of them in
+            # the middle of replay (measured: half of the replay time). It is long-lived
+            # data without cycles: move it out of the collector's sight.
+            gc.freeze()
             dirt = ReplayDirt(svc.evaluation, await evaluators_enabled(conn), max_seq)
             try:
                 last = await replay_log(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -14,27 +12,7 @@ import pytest
 from graph_service import recovery
 from graph_service.processor import Processor
 from graph_service.recovery import RecoveryReport, ReplayGap, replay_log
-from rca_common import db
-from rca_common.settings import Settings
 from tests.graph_service.snapshot_helpers import build_processor, event
-
-DSN = Settings().database_url
-
-
-@pytest.fixture
-async def conn() -> AsyncIterator[asyncpg.Connection]:
-    schema = f"replay_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(DSN)
-    try:
-        await db.migrate(admin, schema)
-        c = await db.connect(DSN, schema)
-        try:
-            yield c
-        finally:
-            await c.close()
-    finally:
-        await db.drop_schema(admin, schema)
-        await admin.close()
 
 
 def live_log(n: int) -> tuple[Processor, Processor, list[tuple[int, int, float, str, bytes]]]:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,22 +211,6 @@ async def test_inline_fallback(processor: Processor):
 
 
 # ----------------------------------------------------------------- the store
-@pytest.fixture
-async def conn() -> AsyncIterator[asyncpg.Connection]:
-    schema = f"snap_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(DSN)
-    try:
-        await db.migrate(admin, schema)
-        c = await db.connect(DSN, schema)
-        try:
-            yield c
-        finally:
-            await c.close()
-    finally:
-        await db.drop_schema(admin, schema)
-        await admin.close()
-
-
 async def new_epoch(conn: asyncpg.Connection, holder: str = "test") -> int:
     return int(
         await conn.fetchval(
