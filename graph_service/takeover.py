@@ -43,7 +43,6 @@ class Takeover:
         self.svc = service
         self.settings = service.settings
         self._preload_tasks: list[asyncio.Task[None]] = []
-        self._preloaded: LoadedSnapshot | None = None
 
     async def run(self) -> None:
         svc = self.svc
@@ -56,13 +55,14 @@ class Takeover:
             if preloader is not None:
                 preloader.stop()
                 await asyncio.gather(*self._preload_tasks, return_exceptions=True)
-        self._preloaded = preloader.take() if preloader is not None else None
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)
         report = svc.report = RecoveryReport()
         if self.settings.enable_persistency:
-            last_seq = await self._recover_from_log(report)
+            preloaded = preloader.take() if preloader is not None else None
+            last_seq = await self._recover_from_log(report, preloaded)
+            del preloaded  # a whole graph: not kept by this frame either
         else:
             report.reason = "persistency disabled"
             last_seq = 0
@@ -148,8 +148,11 @@ class Takeover:
         return ingest
 
     # ------------------------------------------------------------ from the log
-    async def _recover_from_log(self, report: RecoveryReport) -> int:
-        """Barrier, snapshot, replay. Returns the seq the new epoch continues from."""
+    async def _recover_from_log(
+        self, report: RecoveryReport, preloaded: LoadedSnapshot | None
+    ) -> int:
+        """Barrier, snapshot, replay. Returns the seq the new epoch continues from.
+        ``preloaded``: the standby's decoded copy, used if it is the snapshot chosen."""
         svc = self.svc
         assert svc.pool is not None and svc.epoch is not None
         async with svc.pool.acquire() as conn:
@@ -175,9 +178,9 @@ class Takeover:
                 self._hmac_key(),
                 self.settings.snapshot_interval,
                 max_seq=max_seq,
-                preloaded=self._preloaded,
+                preloaded=preloaded,
             )
-            self._preloaded = None
+            del preloaded  # not kept past the choice: it is a whole graph
             if snap is None:
                 report.reason = "no usable snapshot"
                 log.info("fresh start", reason=report.reason)
