@@ -444,11 +444,7 @@ class Processor:
 
     def _due_for_purge(self) -> list[str]:
         """The deleted vertices :meth:`_purge` removes now (the live path emits them inline).
-
-        Note: ``deleted_before`` walks the purge queue dict from its front, and every
-        purge leaves a dead slot there until the dict next resizes; with thousands of
-        deleted vertices waiting, that walk is most of this call (see EntityGraph).
-        """
+        Cheap when none is due: the purge queue is ordered and kept compact (EntityGraph)."""
         if self.clock is None:
             return []
         return self.graph.deleted_before(self.clock - self.min_time_to_delete)
