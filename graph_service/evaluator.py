@@ -47,6 +47,7 @@ from graph_service.entity_graph import (
     IS_DELETED,
     IS_PLACEHOLDER,
     TYPE,
+    Change,
     EntityGraph,
 )
 from graph_service.matcher import Binding, Pattern, PatternId, extend, holds
@@ -55,6 +56,8 @@ from graph_service.templates import ActionSpec, EntitySpec, Template
 from rca_common.events import Action, Event
 
 MAX_ROUNDS = 64
+# Steps per logged event: a round larger than this is logged as several events.
+MAX_STEPS_PER_EVENT = 1000
 EVALUATOR = "evaluator"  # the entity id of evaluation triggers and of action events
 
 # The vertex properties every match reads besides the templates' own.
@@ -463,22 +466,45 @@ def run_pending(
     outcomes: list[Outcome] = []
     number = first
     while pending is not None:
-        if len(outcomes) >= max_rounds:
+        if number - first >= max_rounds:
             steps = pending.payload["steps"]
             keys = sorted({step["action_key"].split("|")[0] for step in steps})
             raise EvaluationDiverged(
                 f"evaluation of {trigger.event_id} did not converge in {max_rounds} rounds "
                 f"({len(steps)} action steps still pending, templates: {', '.join(keys)})"
             )
-        outcome = process(pending)
-        if not outcome.logged:  # a skipped round would leave the registry behind
-            raise RuntimeError(
-                f"action event id {pending.event_id} was already used: "
-                "evaluation triggers must have unique ids"
-            )
-        outcomes.append(outcome)
+        changes: list[Change] = []
+        for part in split_round(pending):
+            outcome = process(part)
+            if not outcome.logged:  # a skipped round would leave the registry behind
+                raise RuntimeError(
+                    f"action event id {part.event_id} was already used: "
+                    "evaluation triggers must have unique ids"
+                )
+            outcomes.append(outcome)
+            changes.extend(outcome.changes)
         number += 1
         pending = evaluator.evaluate(
-            processor.graph, processor.actions, trigger, outcome.changes, number=number
+            processor.graph, processor.actions, trigger, changes, number=number
         )
     return outcomes
+
+
+def split_round(event: Event, max_steps: int | None = None) -> list[Event]:
+    """A round as events of at most ``max_steps`` steps (``MAX_STEPS_PER_EVENT``), in
+    order: one log record (and broker message) stays bounded even for a whole-graph
+    pass. Applying the parts in order ends in the same state as the whole round, since
+    what an effect writes depends only on the registry after its last step."""
+    limit = max_steps or MAX_STEPS_PER_EVENT
+    steps = event.payload["steps"]
+    if len(steps) <= limit:
+        return [event]
+    return [
+        event.model_copy(
+            update={
+                "event_id": f"{event.event_id}.{n}",
+                "payload": {"steps": steps[start : start + limit]},
+            }
+        )
+        for n, start in enumerate(range(0, len(steps), limit), 1)
+    ]

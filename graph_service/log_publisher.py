@@ -29,6 +29,19 @@ from rca_common.records import LogRecord, encode_records
 log = get_logger(__name__)
 
 
+# Changes and evaluator steps per message at most (records are never split): a count
+# of records alone does not bound a message, and a broker refuses one that is too big
+# (RabbitMQ 4 defaults to 16 MiB), which would make the active fence itself.
+MAX_BATCH_WEIGHT = 20_000
+
+
+def record_weight(record: LogRecord) -> int:
+    """About how much a record adds to a message: one, plus its changes and steps."""
+    payload = record.event.get("payload")
+    steps = payload.get("steps") if isinstance(payload, dict) else None
+    return 1 + len(record.changes) + (len(steps) if isinstance(steps, list) else 0)
+
+
 class LogPublishError(RuntimeError):
     """A batch of records was not confirmed by the broker."""
 
@@ -53,6 +66,7 @@ class AmqpLogSink:
         self._batch_delay = batch_delay
         self._max_unconfirmed = max_unconfirmed
         self._batch: list[LogRecord] = []
+        self._weight = 0  # of the batch being filled (see MAX_BATCH_WEIGHT)
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: deque[tuple[int, asyncio.Task[Any]]] = deque()
         self._last_appended = 0
@@ -70,8 +84,9 @@ class AmqpLogSink:
         if self.failed is not None:
             raise LogPublishError("record log is broken; not accepting records") from self.failed
         self._batch.append(record)
+        self._weight += record_weight(record)
         self._last_appended = record.seq
-        if len(self._batch) >= self._batch_max:
+        if len(self._batch) >= self._batch_max or self._weight >= MAX_BATCH_WEIGHT:
             self._publish_batch()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
@@ -90,6 +105,7 @@ class AmqpLogSink:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
+        self._weight = 0
         body = encode_records(batch)
         message = aio_pika.Message(
             body,

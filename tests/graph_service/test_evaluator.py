@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from graph_service import evaluator as evaluator_module
 from graph_service.actions import deduced_alarm_vid
 from graph_service.entity_graph import IS_DELETED, SAMPLE_TS
 from graph_service.evaluator import (
@@ -784,3 +785,23 @@ def test_a_reused_trigger_id_is_an_error_not_a_silent_skip() -> None:
     with pytest.raises(RuntimeError, match="enable/3/v0 was already used"):
         run_pending(p, env.evaluator, trigger, pending)
     assert len(p.actions) == before  # the round was skipped as a duplicate, not applied
+
+
+def test_a_large_round_is_logged_in_bounded_parts_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = cloud()
+    whole_outcomes = whole.run(host_alarm("a1", "h1", 1))
+    assert [len(steps(o.event)) for o in whole_outcomes[1:]] == [5]
+    monkeypatch.setattr(evaluator_module, "MAX_STEPS_PER_EVENT", 2)
+    parts = cloud()
+    trigger = host_alarm("a1", "h1", 1)
+    outcomes = parts.run(trigger)[1:]
+    assert [o.event.event_id for o in outcomes] == [f"{trigger.event_id}/v0.{n}" for n in (1, 2, 3)]
+    assert [len(steps(o.event)) for o in outcomes] == [2, 2, 1]
+    assert [s for o in outcomes for s in steps(o.event)] == steps(whole_outcomes[1].event)
+
+    def state(env: Env) -> dict[str, Any]:  # event ids differ between the two runs
+        return {k: v for k, v in env.p.export_state().items() if k != "recent"}
+
+    assert state(parts) == state(whole)
