@@ -42,7 +42,9 @@ def commands(quick: bool) -> dict[str, list[str]]:
     ``failover_no_templates`` with none (what the evaluator costs, side by side)."""
     py = sys.executable
     persistor = [py, "-m", "tests.persistor_service.bench_persistor"]
+    failover = [str(BIN / "failover-bench")]
     if quick:
+        quick_failover = [*failover, "--sizes", "10k", "--events", "5000"]
         return {
             "processor": [
                 py,
@@ -62,35 +64,16 @@ def commands(quick: bool) -> dict[str, list[str]]:
             ],
             "persistor_backlog": [*persistor, "--mode", "backlog", "--records", "30000"],
             "persistor_live": [*persistor, "--mode", "live", "--records", "30000"],
-            "failover": [
-                str(BIN / "failover-bench"),
-                "--sizes",
-                "10k",
-                "--events",
-                "5000",
-                "--e2e-size",
-                "10k",
-                "--e2e-events",
-                "20000",
-            ],
-            "failover_no_templates": [
-                str(BIN / "failover-bench"),
-                "--sizes",
-                "10k",
-                "--events",
-                "5000",
-                "--e2e-size",
-                "none",
-                *NO_TEMPLATES,
-            ],
+            "failover": [*quick_failover, "--e2e-size", "10k", "--e2e-events", "20000"],
+            "failover_no_templates": [*quick_failover, "--e2e-size", "none", *NO_TEMPLATES],
         }
     return {
         "processor": [py, "benchmarks/processor_bench.py"],
         "snapshot": [py, "benchmarks/snapshot_bench.py"],
         "persistor_backlog": [*persistor, "--mode", "backlog"],
         "persistor_live": [*persistor, "--mode", "live"],
-        "failover": [str(BIN / "failover-bench")],
-        "failover_no_templates": [str(BIN / "failover-bench"), *NO_TEMPLATES],
+        "failover": failover,
+        "failover_no_templates": [*failover, *NO_TEMPLATES],
     }
 
 

@@ -595,6 +595,7 @@ class SnapshotPreloader:
         self.loaded: LoadedSnapshot | None = None
         self.loads = 0
         self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Until :meth:`stop`: a load in progress is finished, not thrown away (the
@@ -607,8 +608,17 @@ class SnapshotPreloader:
             with contextlib.suppress(TimeoutError):  # a poll: snapshots are rare, it is cheap
                 await asyncio.wait_for(self._stop.wait(), self.interval)
 
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="standby-snapshot-preload")
+
     def stop(self) -> None:
         self._stop.set()
+
+    async def close(self) -> None:
+        """Stop, after the load in progress if any (see :meth:`run`)."""
+        self.stop()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def refresh(self) -> LoadedSnapshot | None:
         """Load the newest stored snapshot unless it is the one already held."""

@@ -42,7 +42,6 @@ class Takeover:
     def __init__(self, service: GraphService) -> None:
         self.svc = service
         self.settings = service.settings
-        self._preload_tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
         svc = self.svc
@@ -53,8 +52,7 @@ class Takeover:
         finally:
             svc.preloader = None
             if preloader is not None:
-                preloader.stop()
-                await asyncio.gather(*self._preload_tasks, return_exceptions=True)
+                await preloader.close()
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)
@@ -90,9 +88,7 @@ class Takeover:
         if not self.settings.enable_persistency or interval <= 0 or self.svc.pool is None:
             return None
         preloader = SnapshotPreloader(self.svc.pool, self._hmac_key(), interval)
-        self._preload_tasks.append(
-            asyncio.create_task(preloader.run(), name="standby-snapshot-preload")
-        )
+        preloader.start()
         return preloader
 
     async def _wait_for_lock(self) -> None:

@@ -468,11 +468,11 @@ async def test_takeover_uses_the_preloaded_copy_when_it_chooses_that_snapshot(
 @pytest.mark.integration
 async def test_preloader_runs_until_stopped(conn: asyncpg.Connection, pool: asyncpg.Pool):
     preloader = SnapshotPreloader(pool, KEY, interval=0.05)
-    task = asyncio.create_task(preloader.run())
+    preloader.start()
     try:
         [snapshot_id] = await store_rows(conn, 7)
         await wait_for(lambda: preloader.loaded is not None, what="the snapshot preloaded")
         assert preloader.loaded.id == snapshot_id  # type: ignore[union-attr]
     finally:
-        preloader.stop()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(preloader.close(), 5)
+    assert preloader._task is not None and preloader._task.done()
