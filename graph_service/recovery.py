@@ -187,6 +187,23 @@ async def evaluators_enabled(conn: asyncpg.Connection) -> dict[int, int]:
     return {int(r["epoch"]): int(r["evaluators_enabled_seq"]) for r in rows}
 
 
+async def record_fresh_start(conn: asyncpg.Connection, epoch: int, seq: int) -> None:
+    """Mark ``epoch`` as having started fresh after ``seq``, before it logs anything."""
+    await conn.execute(
+        "UPDATE leader_epochs SET fresh_from_seq = $1 WHERE epoch = $2", seq, epoch
+    )
+
+
+async def last_fresh_epoch(conn: asyncpg.Connection, before: int) -> int | None:
+    """The newest epoch before ``before`` that started fresh: a snapshot of an older
+    epoch cannot be replayed across its records (they assume an empty graph)."""
+    value = await conn.fetchval(
+        "SELECT max(epoch) FROM leader_epochs WHERE fresh_from_seq IS NOT NULL AND epoch < $1",
+        before,
+    )
+    return None if value is None else int(value)
+
+
 async def log_end(conn: asyncpg.Connection) -> int:
     """The largest seq in the log (0 when empty): the seq base when no barrier answered."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))

@@ -469,21 +469,25 @@ class SnapshotStore:
         *,
         decode_in_thread: bool = True,
         preloaded: LoadedSnapshot | None = None,
+        min_epoch: int | None = None,
     ) -> LoadedSnapshot | None:
         """The newest usable snapshot, or None (the caller then starts fresh).
 
         Skipped, each with a log line saying why: snapshots older than
         ``max_age_s``, snapshots ahead of the log's end ``max_seq`` (an error:
-        see :func:`ahead_of_log_message`), and corrupt, tampered or unreadable
-        ones. ``decode_in_thread`` unpickles in a worker thread so that the loop
-        (health checks, the leader watchdog) keeps getting time slices. When the
+        see :func:`ahead_of_log_message`), snapshots of an epoch older than
+        ``min_epoch`` (the newest leader that started fresh: its records rebuild
+        the graph from nothing and cannot be replayed onto an older graph), and
+        corrupt, tampered or unreadable ones. ``decode_in_thread`` unpickles in a
+        worker thread so that the loop (health checks, the leader watchdog) keeps
+        getting time slices. When the
         snapshot chosen is ``preloaded`` (decoded and verified by a standby ahead of
         time, see :class:`SnapshotPreloader`), that copy is used as it is.
         """
         infos = await self.candidates()
         skipped: list[str] = []
         for info in infos:
-            reason = self._unusable(info, max_age_s, max_seq)
+            reason = self._unusable(info, max_age_s, max_seq, min_epoch)
             if reason is None and preloaded is not None and preloaded.id == info.id:
                 log.info("snapshot preloaded by the standby: no decode", **info.log_fields())
                 return replace(preloaded, age_s=info.age_s, decode_s=0.0, preloaded=True)
@@ -503,8 +507,14 @@ class SnapshotStore:
         return None
 
     @staticmethod
-    def _unusable(info: SnapshotInfo, max_age_s: float | None, max_seq: int | None) -> str | None:
+    def _unusable(
+        info: SnapshotInfo, max_age_s: float | None, max_seq: int | None, min_epoch: int | None
+    ) -> str | None:
         """Why a snapshot is not even fetched (logged here), or None."""
+        if min_epoch is not None and info.epoch < min_epoch:
+            reason = f"taken before epoch {min_epoch} started fresh"
+            log.info("snapshot not used", reason=reason, **info.log_fields())
+            return reason
         if max_age_s is not None and info.age_s > max_age_s:
             reason = f"too old: {info.age_s:.1f}s > SNAPSHOT_INTERVAL {max_age_s:g}s"
             log.info("snapshot not used", reason=reason, **info.log_fields())

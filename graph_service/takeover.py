@@ -23,7 +23,9 @@ from graph_service.recovery import (
     RecoveryReport,
     ReplayGap,
     evaluators_enabled,
+    last_fresh_epoch,
     log_end,
+    record_fresh_start,
     replay_log,
     wait_for_barrier,
 )
@@ -61,6 +63,10 @@ class Takeover:
             preloaded = preloader.take() if preloader is not None else None
             last_seq = await self._recover_from_log(report, preloaded)
             del preloaded  # a whole graph: not kept by this frame either
+            if report.mode == "fresh":
+                assert svc.pool is not None
+                async with svc.pool.acquire() as conn:
+                    await record_fresh_start(conn, svc.epoch, last_seq)
         else:
             report.reason = "persistency disabled"
             last_seq = 0
@@ -175,6 +181,7 @@ class Takeover:
                 self.settings.snapshot_interval,
                 max_seq=max_seq,
                 preloaded=preloaded,
+                min_epoch=await last_fresh_epoch(conn, svc.epoch),
             )
             del preloaded  # not kept past the choice: it is a whole graph
             if snap is None:

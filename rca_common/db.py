@@ -68,6 +68,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE leader_epochs ADD COLUMN evaluators_enabled_seq bigint;
         """,
     ),
+    (
+        3,
+        """
+        -- Set by a leader that started fresh (empty graph, get_all): the seq its records
+        -- continue from. They rebuild the graph from nothing, so no snapshot of an
+        -- older epoch is a base for replaying them.
+        ALTER TABLE leader_epochs ADD COLUMN fresh_from_seq bigint;
+        """,
+    ),
 ]
 
 

@@ -49,7 +49,7 @@ async def test_short_drill_loses_nothing_and_applies_nothing_twice(tmp_path: Pat
 
 
 async def test_no_persistor_answer_means_fresh_start_with_the_reason(
-    processes: Processes, broker: aio_pika.abc.AbstractChannel
+    processes: Processes, broker: aio_pika.abc.AbstractChannel, test_env: dict[str, str]
 ) -> None:
     processes.start("collector-stub", *SMALL)
     graph = processes.start("graph-service", http=True, BARRIER_TIMEOUT="0.5")
@@ -57,6 +57,14 @@ async def test_no_persistor_answer_means_fresh_start_with_the_reason(
     recovery = (await _status(graph.url))["recovery"]
     assert recovery["mode"] == "fresh"
     assert "did not commit barrier(1) within 0.5s" in recovery["reason"]
+    # The fresh start is on record, so that no older snapshot is replayed across it.
+    settings = settings_from(test_env)
+    conn = await db.connect(settings.database_url, settings.db_schema)
+    try:
+        row = await conn.fetchrow("SELECT epoch, fresh_from_seq FROM leader_epochs")
+    finally:
+        await conn.close()
+    assert (row["epoch"], row["fresh_from_seq"]) == (1, 0)
 
 
 async def test_persistency_off_publishes_nothing_and_starts_fresh(

@@ -18,7 +18,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from graph_service import snapshots
+from graph_service import recovery, snapshots
 from graph_service.processor import Processor
 from graph_service.snapshot_codec import EncodedSnapshot, SnapshotError, decode, encode
 from graph_service.snapshots import (
@@ -387,6 +387,29 @@ async def test_snapshot_ahead_of_the_log_is_a_loud_error(
     assert "seqs 31..50 would be reused" in err["message"] and len(err["message"]) > 300
     # A snapshot exactly at the log's end is fine.
     assert (await SnapshotStore(conn).load_newest(KEY, 600, max_seq=50)).id == ahead  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+async def test_no_snapshot_from_before_a_fresh_start(conn: asyncpg.Connection, logs: list[dict]):
+    """A leader that started fresh logged records that rebuild the graph from nothing:
+    replaying them onto an older epoch's snapshot would mix two histories."""
+    (first,) = await store_rows(conn, 10)  # epoch 1 snapshots at seq 10
+    fresh = await new_epoch(conn, "fresh-leader")
+    await recovery.record_fresh_start(conn, fresh, 12)  # its barrier timed out, say
+    me = await new_epoch(conn, "next-leader")
+    assert await recovery.last_fresh_epoch(conn, me) == fresh
+    assert await recovery.last_fresh_epoch(conn, fresh) is None
+    store = SnapshotStore(conn)
+    assert (await store.load_newest(KEY, 600, max_seq=30)).id == first  # type: ignore[union-attr]
+    assert await store.load_newest(KEY, 600, max_seq=30, min_epoch=fresh) is None
+    skipped = [e for e in logs if e["event"] == "snapshot not used"]
+    assert skipped[-1]["snapshot_id"] == first
+    assert skipped[-1]["reason"] == f"taken before epoch {fresh} started fresh"
+    # A snapshot taken by the fresh leader (or later) is a base again.
+    await conn.execute("DELETE FROM leader_epochs WHERE epoch = $1", me)
+    ours = await store.insert(blob_of(20), fresh, 20)
+    loaded = await store.load_newest(KEY, 600, max_seq=30, min_epoch=fresh)
+    assert loaded is not None and loaded.id == ours
 
 
 @pytest.mark.integration
