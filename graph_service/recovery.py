@@ -189,9 +189,7 @@ async def evaluators_enabled(conn: asyncpg.Connection) -> dict[int, int]:
 
 async def record_fresh_start(conn: asyncpg.Connection, epoch: int, seq: int) -> None:
     """Mark ``epoch`` as having started fresh after ``seq``, before it logs anything."""
-    await conn.execute(
-        "UPDATE leader_epochs SET fresh_from_seq = $1 WHERE epoch = $2", seq, epoch
-    )
+    await conn.execute("UPDATE leader_epochs SET fresh_from_seq = $1 WHERE epoch = $2", seq, epoch)
 
 
 async def last_fresh_epoch(conn: asyncpg.Connection, before: int) -> int | None:
