@@ -19,8 +19,13 @@ in-process. Per topology size (``10k``; ``100k`` = ``TopologyConfig.large()``,
    recovery report (barrier wait, snapshot decode, records replayed and the
    replay rate, phase durations), and its graph compared with the dead
    active's (a digest of every vertex and edge).
+5. **hot failover**: the killed one comes back as a hot standby (steps 2 and 4
+   run their standbys with ``HOT_STANDBY=false``), ``--events`` more stream
+   events, then SIGKILL of the active: kill → ready through the replica, what
+   the takeover still replayed, and the graph compared as in 4.
 
-``fresh_over_snapshot`` is 2. / 4. (target ≥ 10x at 100k). Stream events are
+``fresh_over_snapshot`` is 2. / 4. (target ≥ 10x at 100k), ``fresh_over_hot``
+2. / 5. Stream events are
 collector events; the evaluator's action events they cause are records too
 (sequenced, logged, replayed), counted apart as ``evaluator_events``.
 
@@ -274,20 +279,39 @@ async def snapshot_failover(
     }
 
 
+async def hot_failover(dep: Deployment, victim: Instance, standby: Instance) -> dict[str, Any]:
+    """Kill the active while ``standby`` follows the log with its replica (HOT_STANDBY)."""
+    hot = (await dep.until_status(
+        standby, lambda s: (s.get("hot_standby") or {}).get("state") == "following",
+        "the hot standby following the log",
+    ))["hot_standby"]  # fmt: skip
+    assert dep.conn is not None
+    log_end = int(await dep.conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+    out = await snapshot_failover(dep, victim, standby, hot["snapshot_seq"])
+    if out["mode"] != "hot":
+        raise RuntimeError(f"expected the hot standby's replica, got {out['recovery']}")
+    out["replica_seeded_from_seq"] = hot["snapshot_seq"]
+    out["replica_applied_before_kill"] = hot["applied"]
+    out["log_end_before_kill"] = log_end
+    return out
+
+
 async def failover_steps(dep: Deployment, name: str, cfg: BenchConfig, out: dict[str, Any]) -> None:
+    """Fresh, snapshot and hot failover, in that order, on one deployment. The first two
+    standbys run with HOT_STANDBY=false (a hot replica would serve both takeovers)."""
     assert dep.collector is not None
     out["entities"] = dep.collector.topology.total()
     a, b = dep.graphs
     say(f"{name}: cold start of {a.name} ({out['entities']} entities)")
     out["cold_start"], tail_a = await cold_start(dep, a)
     await tail_a.until_snapshot(dep.timeout)  # the snapshot after get_all, then deleted
-    b.start()
+    b.start(HOT_STANDBY="false")
     tail_b = LogTail(b, from_start=True)
     await dep.until_standby(b)
     out["standby_rss_mb"] = mb(rss(b))
     say(f"{name}: fresh failover {a.name} -> {b.name}")
     out["fresh_failover"] = await fresh_failover(dep, a, b)
-    a.start()
+    a.start(HOT_STANDBY="false")
     await dep.until_standby(a)
     say(f"{name}: snapshot on {b.name}")
     snap = out["snapshot"] = await admin_snapshot(dep, b, tail_b)
@@ -296,8 +320,16 @@ async def failover_steps(dep: Deployment, name: str, cfg: BenchConfig, out: dict
     say(f"{name}: snapshot failover {b.name} -> {a.name}")
     sf = out["snapshot_failover"] = await snapshot_failover(dep, b, a, snap["snapshot_seq"])
     out["active_rss_mb"] = mb(rss(a))
+    b.start()  # a hot standby this time
+    await dep.until_standby(b)
+    say(f"{name}: {cfg.events} events with {b.name} as a hot standby")
+    out["hot_stream"] = await stream_and_commit(dep, a, cfg.events)
+    out["hot_standby_rss_mb"] = mb(rss(b))
+    say(f"{name}: hot failover {a.name} -> {b.name}")
+    hf = out["hot_failover"] = await hot_failover(dep, a, b)
     fresh = out["fresh_failover"]["kill_to_ready_s"]
     out["fresh_over_snapshot"] = ratio(fresh, sf["kill_to_ready_s"], 1)
+    out["fresh_over_hot"] = ratio(fresh, hf["kill_to_ready_s"], 1)
     cold = out["cold_start"]["process_start_to_ready_s"]
     out["cold_start_over_snapshot"] = ratio(cold, sf["kill_to_ready_s"], 1)
 
@@ -650,6 +682,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "snapshot_pause_ms": (run.get("snapshot") or {}).get("pause_ms"),
             "snapshot_mb": mb((run.get("snapshot") or {}).get("compressed_bytes")),
             "graph_equal_after_failover": sf.get("graph_equal"),
+            "hot_failover_s": (run.get("hot_failover") or {}).get("kill_to_ready_s"),
+            "fresh_over_hot": run.get("fresh_over_hot"),
+            "hot_replayed": (run.get("hot_failover") or {}).get("replayed"),
+            "graph_equal_after_hot_failover": (run.get("hot_failover") or {}).get("graph_equal"),
             "other_cpu_pct": (run.get("host_load") or {}).get("other_cpu_pct"),
         }
     e = report.get("e2e")

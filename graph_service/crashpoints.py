@@ -3,8 +3,9 @@
 ``DRILL_CRASH_AT=point:n`` kills the process the n-th time it passes ``point``.
 Points: ``publish`` (a record batch handed to the broker, not yet confirmed),
 ``before_ack`` (records confirmed, collector messages not yet acked),
-``snapshot`` (a snapshot encoded, not yet stored), ``replay`` (after n records
-of a takeover's replay). Unset in production, where :func:`hit` is one compare.
+``snapshot`` (a snapshot encoded, not yet stored), ``replay`` (a takeover's
+replay: passed once as it begins, even with nothing to replay after a hot
+standby's replica, then once per record). Unset in production, where :func:`hit` is one compare.
 """
 
 from __future__ import annotations

@@ -45,15 +45,27 @@ class ReplayDirt:
     (a leader that died before enabling) is dirty.
     """
 
-    def __init__(self, evaluation: Evaluation, enabled: dict[int, int], upto: int) -> None:
-        self.evaluation = evaluation
-        # an enabling pass counts only if all its records are in the log we replay
-        self.enabled = {e: s for e, s in enabled.items() if s <= upto}
-        self.cut = max(self.enabled.values(), default=0)
+    def __init__(self, dirty: dict[str, None], enabled: dict[int, int], upto: int) -> None:
+        self.dirty = dirty  # where dirty vertices go (the evaluation's, or a hot standby's)
+        self.enabled: dict[int, int] = {}
+        self.cut = 0
+        self._dirty_upto = 0  # the newest seq of a record that marked vertices dirty
         # the change lists of the last trigger's group (vertices derived only at finish:
         # per record, that would cost more than the replay's own work)
         self._group: list[Any] = []
         self.records_dirty = 0
+        self.advance(enabled, upto)
+
+    def advance(self, enabled: dict[int, int], upto: int) -> None:
+        """Take in the enabling passes known now, of which those whose records are all
+        in the log we replay (``upto``) count. A hot standby learns them as it follows
+        the log: vertices marked dirty only by records a newer pass covered are dropped."""
+        self.enabled = {e: s for e, s in enabled.items() if s <= upto}
+        cut = max(self.enabled.values(), default=0)
+        if cut > self.cut:
+            self.cut = cut
+            if self._dirty_upto <= cut:
+                self.dirty.clear()
 
     def __call__(self, seq: int, epoch: int, event: dict[str, Any], changes: Any) -> None:
         if seq <= self.cut:
@@ -61,7 +73,9 @@ class ReplayDirt:
         enabled_at = self.enabled.get(epoch)
         if enabled_at is None or seq <= enabled_at:
             self.records_dirty += 1
-            self.evaluation.mark_dirty(changes)
+            self._dirty_upto = seq
+            if changes:
+                self.dirty.update(dict.fromkeys(touched_vertices(changes)))
         elif event.get("entity_type") != VITRAGE:  # a new trigger: the last one is complete
             self._group.clear()
             if changes:
@@ -79,7 +93,7 @@ class ReplayDirt:
 
     def finish(self) -> None:
         """The last trigger's group may be incomplete: evaluate it again (idempotent)."""
-        self.evaluation.dirty.update(self.pending)
+        self.dirty.update(self.pending)
 
 
 class Evaluation:

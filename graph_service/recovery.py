@@ -103,8 +103,14 @@ async def replay_log(
     snapshot_epoch: int,
     report: RecoveryReport,
     on_record: Callable[[int, int, dict[str, Any], list[Any]], None] | None = None,
+    *,
+    takeover: bool = True,
 ) -> int:
     """Apply the logged changes of ``after_seq < seq <= upto_seq`` in order.
+
+    ``takeover``: this is a takeover's replay (logged with progress, and the drill's
+    ``replay`` crash point counts its records); a hot standby's reads of the log are
+    not.
 
     Returns the last seq applied: the new leader continues from there. Records of
     an epoch older than the snapshot's are a dead leader's seqs that a newer
@@ -116,7 +122,8 @@ async def replay_log(
     started = last_log = time.monotonic()
     expected = after_seq + 1
     done = 0
-    log.info("replay started", after_seq=after_seq, upto_seq=upto_seq, records=total)
+    if takeover:
+        log.info("replay started", after_seq=after_seq, upto_seq=upto_seq, records=total)
 
     def fetch(after: int) -> Awaitable[list[asyncpg.Record]]:
         return conn.fetch(
@@ -155,9 +162,10 @@ async def replay_log(
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
             raise
-        crashpoints.hit("replay", len(rows))
+        if takeover:
+            crashpoints.hit("replay", len(rows))
         now = time.monotonic()
-        if now - last_log >= PROGRESS_EVERY:
+        if takeover and now - last_log >= PROGRESS_EVERY:
             rate = done / (now - started)
             remaining = upto_seq - cursor_from
             log.info(
@@ -174,7 +182,8 @@ async def replay_log(
     report.replayed = done
     report.replay_s = round(elapsed, 6)
     report.replay_rate = round(done / elapsed) if elapsed > 0 and done else None
-    log.info("replay done", replayed=done, seconds=round(elapsed, 3), rate=report.replay_rate)
+    if takeover:
+        log.info("replay done", replayed=done, seconds=round(elapsed, 3), rate=report.replay_rate)
     return expected - 1
 
 
@@ -192,11 +201,12 @@ async def record_fresh_start(conn: asyncpg.Connection, epoch: int, seq: int) -> 
     await conn.execute("UPDATE leader_epochs SET fresh_from_seq = $1 WHERE epoch = $2", seq, epoch)
 
 
-async def last_fresh_epoch(conn: asyncpg.Connection, before: int) -> int | None:
-    """The newest epoch before ``before`` that started fresh: a snapshot of an older
+async def last_fresh_epoch(conn: asyncpg.Connection, before: int | None = None) -> int | None:
+    """The newest epoch (before ``before``) that started fresh: a snapshot of an older
     epoch cannot be replayed across its records (they assume an empty graph)."""
     value = await conn.fetchval(
-        "SELECT max(epoch) FROM leader_epochs WHERE fresh_from_seq IS NOT NULL AND epoch < $1",
+        "SELECT max(epoch) FROM leader_epochs WHERE fresh_from_seq IS NOT NULL"
+        " AND ($1::bigint IS NULL OR epoch < $1)",
         before,
     )
     return None if value is None else int(value)

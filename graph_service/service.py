@@ -21,6 +21,7 @@ from aiohttp import web
 
 from graph_service.entity_graph import EntityGraph
 from graph_service.evaluation import Evaluation
+from graph_service.hot_standby import HotStandby
 from graph_service.http_api import create_app
 from graph_service.ingest import Ingest
 from graph_service.leadership import Leadership
@@ -65,7 +66,7 @@ class GraphService:
         self.processed_exchange: AbstractExchange | None = None
         self.declared: DeclaredTopology | None = None
         self.pool: asyncpg.Pool | None = None
-        self.preloader: SnapshotPreloader | None = None  # while standing by
+        self.standby: HotStandby | SnapshotPreloader | None = None  # while standing by
         self.leadership = Leadership(settings, on_lost=self.fence)
         self.ingest: Ingest | None = None
         self.rpc: GetAllClient | None = None
@@ -111,7 +112,7 @@ class GraphService:
             "snapshot": self.snapshot_state,
             "end_snapshots": dict(ingest.end_snapshots) if ingest else {},
             "persistency": self.settings.enable_persistency,
-            **({"standby_preload": self.preloader.status()} if self.preloader else {}),
+            **({self.standby.STATUS_KEY: self.standby.status()} if self.standby else {}),
         }
 
     # ------------------------------------------------------------------ start

@@ -598,6 +598,8 @@ class SnapshotPreloader:
     built from it and the preloader is stopped.
     """
 
+    STATUS_KEY = "standby_preload"  # in /status while standing by
+
     def __init__(self, pool: asyncpg.Pool, hmac_key: bytes | None, interval: float) -> None:
         self.pool = pool
         self.hmac_key = hmac_key

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 
+from graph_service import crashpoints
 from graph_service.evaluation import ReplayDirt
+from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
 from graph_service.log_publisher import AmqpLogSink
@@ -30,7 +32,7 @@ from graph_service.recovery import (
     wait_for_barrier,
 )
 from graph_service.snapshot_schedule import SnapshotSchedule
-from graph_service.snapshots import LoadedSnapshot, SnapshotPreloader, SnapshotStore
+from graph_service.snapshots import SnapshotPreloader, SnapshotStore
 from rca_common.logging import get_logger
 from rca_common.records import KIND_BARRIER, LogRecord, encode_records
 
@@ -48,21 +50,20 @@ class Takeover:
     async def run(self) -> None:
         svc = self.svc
         svc.lifecycle.enter(Phase.STANDBY)
-        preloader = svc.preloader = self._start_preloader()
+        standby = svc.standby = self._start_standby()
         try:
             await self._wait_for_lock()
         finally:
-            svc.preloader = None
-            if preloader is not None:
-                await preloader.close()
+            svc.standby = None
+            if standby is not None:
+                await standby.close()
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)
         report = svc.report = RecoveryReport()
         if self.settings.enable_persistency:
-            preloaded = preloader.take() if preloader is not None else None
-            last_seq = await self._recover_from_log(report, preloaded)
-            del preloaded  # a whole graph: not kept by this frame either
+            last_seq = await self._recover_from_log(report, standby)
+            del standby  # a whole graph: not kept by this frame either
             if report.mode == "fresh":
                 assert svc.pool is not None
                 async with svc.pool.acquire() as conn:
@@ -88,14 +89,32 @@ class Takeover:
         svc.metrics.active.set(1)
         self._after_active(report, got_all)
 
-    def _start_preloader(self) -> SnapshotPreloader | None:
-        """While standing by, keep the newest snapshot decoded (see SnapshotPreloader)."""
-        interval = self.settings.standby_preload_interval
-        if not self.settings.enable_persistency or interval <= 0 or self.svc.pool is None:
+    def _start_standby(self) -> HotStandby | SnapshotPreloader | None:
+        """While standing by, keep a replica current from the log (HOT_STANDBY), or else
+        keep the newest snapshot decoded (see SnapshotPreloader)."""
+        s = self.settings
+        interval = s.standby_preload_interval
+        pool = self.svc.pool
+        if not s.enable_persistency or pool is None:
             return None
-        preloader = SnapshotPreloader(self.svc.pool, self._hmac_key(), interval)
-        preloader.start()
-        return preloader
+        standby: HotStandby | SnapshotPreloader
+        if s.hot_standby:
+            config = StandbyConfig(
+                dsn=s.database_url,
+                schema=s.db_schema,
+                hmac_key=self._hmac_key(),
+                max_snapshot_age_s=s.snapshot_interval,
+                poll_interval=interval if interval > 0 else 2.0,
+                min_time_to_delete=s.min_time_to_delete,
+                recent_capacity=s.recent_event_ids,
+            )
+            standby = HotStandby(pool, config)
+        elif interval > 0:
+            standby = SnapshotPreloader(pool, self._hmac_key(), interval)
+        else:
+            return None
+        standby.start()
+        return standby
 
     async def _wait_for_lock(self) -> None:
         """Standby: wait for the lock; a lost database connection is retried, not fatal."""
@@ -114,7 +133,7 @@ class Takeover:
         svc = self.svc
         if not got_all:
             svc.spawn(svc.retry_get_all(), "get_all-retry")
-        elif report.mode == "snapshot" and self.settings.reconcile_after_takeover:
+        elif report.mode != "fresh" and self.settings.reconcile_after_takeover:
             svc.spawn(svc.get_all(), "reconcile")
         if self.settings.enable_persistency:
             svc.snapshots = SnapshotSchedule(svc)
@@ -151,10 +170,11 @@ class Takeover:
 
     # ------------------------------------------------------------ from the log
     async def _recover_from_log(
-        self, report: RecoveryReport, preloaded: LoadedSnapshot | None
+        self, report: RecoveryReport, standby: HotStandby | SnapshotPreloader | None
     ) -> int:
-        """Barrier, snapshot, replay. Returns the seq the new epoch continues from.
-        ``preloaded``: the standby's decoded copy, used if it is the snapshot chosen."""
+        """Barrier, then the hot standby's replica and the log after it, or else a
+        snapshot and the log after it. Returns the seq the new epoch continues from.
+        A preloader's snapshot is used if it is the snapshot chosen."""
         svc = self.svc
         assert svc.pool is not None and svc.epoch is not None
         async with svc.pool.acquire() as conn:
@@ -175,6 +195,16 @@ class Takeover:
                 log.error("barrier timeout: fresh start", reason=report.reason)
                 return await log_end(conn)
             report.barrier_max_seq = max_seq
+            preloaded = None
+            if isinstance(standby, HotStandby):
+                unusable = await standby.usable(conn, svc.epoch, max_seq)
+                if unusable is None:
+                    return await self._recover_from_replica(conn, report, standby, max_seq)
+                report.extra["hot_standby_unused"] = unusable
+                log.info("hot standby replica not used", reason=unusable)
+            elif standby is not None:
+                preloaded = standby.take()
+            del standby
             store = SnapshotStore(conn)
             snap = await store.load_newest(
                 self._hmac_key(),
@@ -200,29 +230,56 @@ class Takeover:
             # the middle of replay (measured: half of the replay time). It is long-lived
             # data without cycles: move it out of the collector's sight.
             gc.freeze()
-            dirt = ReplayDirt(svc.evaluation, await evaluators_enabled(conn), max_seq)
-            try:
-                last = await replay_log(
-                    conn,
-                    svc.processor,
-                    snap.snapshot_seq,
-                    max_seq,
-                    snap.epoch,
-                    report,
-                    on_record=dirt,
-                )
-                dirt.finish()
-            except ReplayGap as exc:
-                report.reason = f"replay failed: {exc}"
-                log.error("replay failed: fresh start", reason=report.reason)
-                svc.processor = Processor(
-                    min_time_to_delete=self.settings.min_time_to_delete,
-                    recent_capacity=self.settings.recent_event_ids,
-                )
-                svc.evaluation.dirty.clear()
-                return max_seq
-            report.mode = "snapshot"
-            return last
+            dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn), max_seq)
+            return await self._replay(conn, report, "snapshot", snap.snapshot_seq, max_seq,
+                                      snap.epoch, dirt)  # fmt: skip
+
+    async def _recover_from_replica(
+        self, conn: asyncpg.Connection, report: RecoveryReport, standby: HotStandby, max_seq: int
+    ) -> int:
+        """The hot standby's replica becomes the graph; only the log after its last read
+        is replayed (what the persistor committed since, up to the barrier)."""
+        svc = self.svc
+        report.snapshot_id = standby.seed_id
+        report.snapshot_seq = standby.seed_seq
+        report.snapshot_epoch = standby.seed_epoch
+        report.extra["hot_standby"] = {"applied": standby.applied, "last_seq": standby.last_seq}
+        after = standby.last_seq
+        svc.processor = standby.hand_over()
+        dirt = standby.dirt
+        dirt.advance(await evaluators_enabled(conn), max_seq)
+        svc.evaluation.dirty.update(standby.dirty)
+        dirt.dirty = svc.evaluation.dirty
+        return await self._replay(conn, report, "hot", after, max_seq, standby.seed_epoch, dirt)
+
+    async def _replay(
+        self,
+        conn: asyncpg.Connection,
+        report: RecoveryReport,
+        mode: str,
+        after: int,
+        max_seq: int,
+        epoch: int,
+        dirt: ReplayDirt,
+    ) -> int:
+        """Replay ``after < seq <= max_seq``; a hole in the log means a fresh start."""
+        svc = self.svc
+        crashpoints.hit("replay")  # the drill's kill in recovery, even with nothing to replay
+        try:
+            last = await replay_log(conn, svc.processor, after, max_seq, epoch, report,
+                                    on_record=dirt)  # fmt: skip
+            dirt.finish()
+        except ReplayGap as exc:
+            report.reason = f"replay failed: {exc}"
+            log.error("replay failed: fresh start", reason=report.reason)
+            svc.processor = Processor(
+                min_time_to_delete=self.settings.min_time_to_delete,
+                recent_capacity=self.settings.recent_event_ids,
+            )
+            svc.evaluation.dirty.clear()
+            return max_seq
+        report.mode = mode
+        return last
 
     async def _record_evaluators_enabled(self, seq: int) -> None:
         """Tell the next leader from which seq on our records were evaluated live."""

@@ -11,6 +11,8 @@ epoch win a collision.
 Barriers are inserted and announced with ``pg_notify`` inside the same
 transaction as the records before them: NOTIFY is delivered at COMMIT, so a
 listener is never told about a barrier whose records could still roll back.
+Every batch that wrote records is announced the same way on the log channel
+(its last seq), which is what a hot standby follows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import asyncpg
 import orjson
 
 from persistor_service.plan import BatchPlan, LogState, Row
-from rca_common.db import barrier_channel, connect, migrate
+from rca_common.db import barrier_channel, connect, log_channel, migrate
 from rca_common.records import LogRecord
 
 COLUMNS = ("seq", "epoch", "processed_at", "event_id", "record")
@@ -70,6 +72,7 @@ class LogStore:
         self.dsn = dsn
         self.schema = schema
         self.channel = barrier_channel(schema)
+        self.log_channel = log_channel(schema)
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # the writer and the idle ping share one connection
 
@@ -135,14 +138,18 @@ class LogStore:
 
     async def _write(self, conn: asyncpg.Connection, plan: BatchPlan) -> WriteResult:
         result = WriteResult()
+        last_seq = 0
         async with conn.transaction():
             for segment in plan.segments:
                 if segment.rows:
                     await self._upsert(conn, segment.rows, more=segment.barrier is not None)
+                    last_seq = max(last_seq, max(row[0] for row in segment.rows))
                 if segment.barrier is not None:
                     result.barriers.append(await self._barrier(conn, segment.barrier.epoch))
             if plan.suspects:
                 await self._sort_suspects(conn, plan.suspects, result)
+            if last_seq:  # delivered at COMMIT, like the barrier's
+                await conn.execute("SELECT pg_notify($1, $2)", self.log_channel, str(last_seq))
         return result
 
     async def _upsert(self, conn: asyncpg.Connection, rows: list[Row], more: bool) -> None:

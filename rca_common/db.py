@@ -94,6 +94,12 @@ def barrier_channel(schema: str) -> str:
     return f"{check_schema_name(schema)}_barrier"
 
 
+def log_channel(schema: str) -> str:
+    """The channel on which the persistor announces each committed batch (its last seq):
+    a hot standby reads the log when told, instead of polling it."""
+    return f"{check_schema_name(schema)}_log"
+
+
 def leader_lock_key(schema: str) -> str:
     """Text hashed (``hashtext``) into the advisory-lock key of one deployment."""
     return f"rca-leader:{check_schema_name(schema)}"

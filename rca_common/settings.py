@@ -99,10 +99,19 @@ class Settings(BaseSettings):
         " fork use this anyway).",
         True,
     )
+    hot_standby: bool = _doc(
+        "A standby keeps a replica of the graph: seeded from the newest snapshot, then"
+        " applying every batch the persistor commits, so that a takeover replays only the"
+        " records committed since its last read. Costs a standby the memory of one graph."
+        " `false`: the standby only preloads the newest snapshot (`STANDBY_PRELOAD_INTERVAL`).",
+        True,
+    )
     standby_preload_interval: Annotated[float, Field(ge=0)] = _doc(
         "Seconds between a standby's checks for a newer snapshot, which it then loads"
         " ahead of a takeover (the takeover skips the decode when that snapshot is still the"
-        " one to use); costs a standby the memory of one graph. `0` turns preloading off.",
+        " one to use); costs a standby the memory of one graph. `0` turns preloading off."
+        " A hot standby reads the log when the persistor announces a commit, and at least"
+        " this often (2 s when `0`).",
         2.0,
     )
     barrier_timeout: Annotated[float, Field(gt=0)] = _doc(

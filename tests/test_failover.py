@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -44,7 +45,10 @@ async def test_short_drill_loses_nothing_and_applies_nothing_twice(tmp_path: Pat
     assert [k["kind"] for k in report["kills"]] == [*cfg.plan, "random"]
     for kill in report["kills"]:
         assert kill["kill_to_ready_s"] > 0
-        assert kill["recovery"]["mode"] == "snapshot", kill
+        assert kill["recovery"]["mode"] in ("hot", "snapshot"), kill
+    # A standby that stood by long enough takes over with its replica (HOT_STANDBY).
+    hot = [k for k in report["kills"] if k["recovery"]["mode"] == "hot"]
+    assert len(hot) >= len(report["kills"]) // 2, report["kills"]
     assert report["persistor_kill"]["events_published_while_down"] > 0
 
 
@@ -159,7 +163,11 @@ async def test_a_standby_preloads_the_snapshot_its_takeover_then_uses(
     await wait_for(stored_snapshot, what="first snapshot")
     snapshot_id = await stored_snapshot()
     standby = processes.start(
-        "graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false", STANDBY_PRELOAD_INTERVAL="0.1"
+        "graph-service",
+        http=True,
+        RECONCILE_AFTER_TAKEOVER="false",
+        STANDBY_PRELOAD_INTERVAL="0.1",
+        HOT_STANDBY="false",
     )
     await wait_http(standby, "/healthz")
 
@@ -175,3 +183,33 @@ async def test_a_standby_preloads_the_snapshot_its_takeover_then_uses(
     assert status["recovery"]["snapshot_id"] == snapshot_id
     assert status["recovery"]["snapshot_preloaded"] is True
     assert "standby_preload" not in status  # the copy was handed over, not kept
+
+
+async def test_a_hot_standby_follows_the_log_and_takes_over_with_its_replica(
+    processes: Processes, broker: aio_pika.abc.AbstractChannel
+) -> None:
+    processes.start("persistor-service", PERSISTOR_HTTP_PORT="0")
+    processes.start("collector-stub", *SMALL, "--rate", "200")
+    first = processes.start("graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false")
+    await wait_http(first, "/readyz")
+    standby = processes.start("graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false")
+    await wait_http(standby, "/healthz")
+
+    async def following() -> dict | None:  # type: ignore[type-arg]
+        hot = (await _status(standby.url)).get("hot_standby") or {}
+        return hot if hot.get("state") == "following" and hot.get("applied", 0) > 50 else None
+
+    await wait_for(following, what="the hot standby following the active's log")
+    hot = await following()
+    assert hot is not None and hot["last_seq"] > hot["snapshot_seq"]
+    assert processes.stop(first, signal.SIGKILL) != 0
+    await wait_http(standby, "/readyz")
+    status = await _status(standby.url)
+    recovery = status["recovery"]
+    assert recovery["mode"] == "hot", recovery
+    assert recovery["snapshot_id"] == hot["snapshot_id"]
+    assert recovery["hot_standby"]["applied"] >= hot["applied"]
+    # Only what was committed after the replica's last read is replayed.
+    assert recovery["replayed"] < recovery["hot_standby"]["applied"]
+    assert "hot_standby" not in status  # handed over, not kept
+    assert status["last_seq"] >= recovery["barrier_max_seq"]

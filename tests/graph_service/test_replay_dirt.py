@@ -14,7 +14,7 @@ def _v(vid: str) -> list[list[object]]:
 
 def _run(enabled: dict[int, int], upto: int, records: list[tuple]) -> set[str]:  # type: ignore[type-arg]
     evaluation = Evaluation(None)
-    dirt = ReplayDirt(evaluation, enabled, upto)
+    dirt = ReplayDirt(evaluation.dirty, enabled, upto)
     for seq, epoch, event, changes in records:
         dirt(seq, epoch, event, changes)
     dirt.finish()
@@ -44,3 +44,29 @@ def test_records_before_an_enabling_pass_are_covered_by_it() -> None:
 def test_an_enabling_pass_not_fully_in_the_log_does_not_count() -> None:
     records = [(5, 2, DS, _v("drained")), (6, 2, ACT, _v("half-pass"))]
     assert _run({2: 8}, 6, records) == {"drained", "half-pass"}
+
+
+def test_a_later_enabling_pass_forgets_what_it_covered() -> None:
+    """A hot standby learns the enabling passes as it follows the log."""
+    dirty: dict[str, None] = {}
+    dirt = ReplayDirt(dirty, {}, 0)
+    dirt(1, 2, DS, _v("a"))
+    dirt(2, 2, DS, _v("b"))
+    assert set(dirty) == {"a", "b"}  # epoch 2 has not enabled its evaluators (yet)
+    dirt.advance({2: 5}, 2)
+    assert set(dirty) == {"a", "b"}  # its pass is not in the log we hold yet
+    dirt(3, 2, DS, _v("c"))
+    dirt.advance({2: 3}, 3)
+    assert dirty == {}  # the pass at seq 3 evaluated everything up to it
+    dirt(4, 2, DS, _v("live"))
+    dirt.finish()
+    assert set(dirty) == {"live"}  # the last trigger's group, as after any replay
+
+
+def test_an_enabling_pass_keeps_what_came_after_it() -> None:
+    dirty: dict[str, None] = {}
+    dirt = ReplayDirt(dirty, {}, 0)
+    dirt(4, 2, DS, _v("before"))
+    dirt(6, 3, DS, _v("other-epoch"))  # a leader after epoch 2 that never enabled
+    dirt.advance({2: 5}, 6)
+    assert set(dirty) == {"before", "other-epoch"}  # seq 6 is past the pass: kept

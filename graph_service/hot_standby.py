@@ -1,0 +1,260 @@
+"""A hot standby: a replica of the active's graph, kept current from the committed log.
+
+DESIGN section 10. A standby seeds a processor from the newest usable snapshot
+and then applies every record the persistor commits, as the persistor announces
+each batch (NOTIFY on the log channel; a slow poll covers a lost notice). A
+takeover then has only the barrier to wait for and the few records committed
+since the replica's last read to replay, whatever the size of the graph and
+however much the evaluator wrote.
+
+The replica follows the log in PostgreSQL rather than a queue of its own on the
+fanout: the persistor has already decided the order, the fencing of stale
+epochs and the gaps, so the replica applies exactly the history a cold takeover
+would replay, and needs nothing verified at takeover but what can change that
+history afterwards:
+
+* a leader that started fresh (its records rebuild the graph from nothing, and
+  may overwrite seqs of the leader before it): a replica seeded before that
+  epoch is dropped and seeded again from a snapshot of that epoch or later;
+* a hole in the log (a lost record, or records pruned while the replica was
+  behind): dropped and seeded again.
+
+The replica also keeps, like a takeover's replay, the set of vertices no
+evaluator has seen (:class:`ReplayDirt`), learning the enabling passes of the
+leaders as it goes, so that enabling after the takeover evaluates only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from graph_service.evaluation import ReplayDirt
+from graph_service.processor import Processor
+from graph_service.recovery import (
+    RecoveryReport,
+    ReplayGap,
+    evaluators_enabled,
+    last_fresh_epoch,
+    log_end,
+    replay_log,
+)
+from graph_service.snapshots import SnapshotStore
+from rca_common import db
+from rca_common.logging import get_logger
+
+log = get_logger(__name__)
+
+NO_END = 2**63 - 1  # replay "to the end of the log"
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyConfig:
+    dsn: str
+    schema: str
+    hmac_key: bytes | None
+    max_snapshot_age_s: float  # SNAPSHOT_INTERVAL: what a takeover would accept
+    poll_interval: float  # longest wait between reads of the log, and between seed tries
+    min_time_to_delete: float
+    recent_capacity: int
+
+
+class HotStandby:
+    """The replica and the task that keeps it current; handed over once, to a takeover."""
+
+    STATUS_KEY = "hot_standby"  # in /status while standing by
+
+    def __init__(self, pool: asyncpg.Pool, config: StandbyConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self.processor: Processor | None = None
+        self.state = "starting"
+        self.reason: str | None = None  # why the replica was last dropped, or is not seeded
+        self.seed_id: int | None = None
+        self.seed_epoch = 0  # records of older epochs are skipped (see replay_log)
+        self.seed_seq = 0
+        self.last_seq = 0  # the last record applied
+        self.last_epoch: int | None = None  # its epoch (None: none since the seed)
+        self.applied = 0
+        self.seeds = 0
+        self.dirty: dict[str, None] = {}
+        self.dirt = ReplayDirt(self.dirty, {}, 0)
+        self.followed_at: float | None = None  # wall clock of the last read of the log
+        self._dropped_seed: int | None = None  # the snapshot of the replica last dropped
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="hot-standby")
+
+    async def close(self) -> None:
+        """Stop following. Safe at any await: the replica's counters advance record by
+        record (:meth:`_applied`), and a seed is installed in one step."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), 5)
+            self._listener = None
+        if self.state != "handed over":
+            self.state = "stopped"
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()  # before reading: a notice during the read is not lost
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    self._listener = await self._listen()
+                if self.processor is None:
+                    await self.seed()
+                if self.processor is not None:
+                    await self.follow()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("hot standby: database unreachable, will retry", error=repr(exc))
+                self._listener = None
+            with contextlib.suppress(TimeoutError):  # a notice wakes us; the poll is a backstop
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+
+    async def _listen(self) -> asyncpg.Connection:
+        conn = await db.connect(self.config.dsn, self.config.schema, timeout=10)
+        await conn.add_listener(db.log_channel(self.config.schema), self._notified)
+        return conn
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ the replica
+    async def seed(self) -> bool:
+        """Load the newest snapshot a takeover could use now, into a new replica."""
+        self.state = "seeding"
+        async with self.pool.acquire() as conn:
+            store = SnapshotStore(conn)
+            newest = await store.candidates()
+            if newest and newest[0].id == self._dropped_seed:
+                # The snapshot the replica was dropped from would meet the same hole or
+                # fresh start again: decoding it once more would only cost CPU.
+                self.state = "waiting for a newer snapshot"
+                return False
+            fresh = await last_fresh_epoch(conn)
+            snap = await store.load_newest(
+                self.config.hmac_key,
+                self.config.max_snapshot_age_s,
+                max_seq=await log_end(conn),
+                min_epoch=fresh,
+            )
+            if snap is None:
+                self.state = "waiting for a snapshot"
+                self.reason = self.reason or "no usable snapshot"
+                return False
+            enabled = await evaluators_enabled(conn)
+        processor = Processor(
+            min_time_to_delete=self.config.min_time_to_delete,
+            recent_capacity=self.config.recent_capacity,
+        )
+        processor.import_state(snap.state["processor"])
+        gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
+        self.processor = processor
+        self.seed_id, self.seed_epoch, self.seed_seq = snap.id, snap.epoch, snap.snapshot_seq
+        self.last_seq, self.last_epoch = snap.snapshot_seq, None
+        self.dirty = {}
+        self.dirt = ReplayDirt(self.dirty, enabled, snap.snapshot_seq)
+        self.seeds += 1
+        self.state = "following"
+        self.reason = None
+        log.info(
+            "hot standby: replica seeded",
+            snapshot_id=snap.id,
+            snapshot_epoch=snap.epoch,
+            snapshot_seq=snap.snapshot_seq,
+            vertices=len(processor.graph),
+        )
+        return True
+
+    async def follow(self) -> None:
+        """Apply what the persistor committed since the last read."""
+        assert self.processor is not None
+        async with self.pool.acquire() as conn:
+            self.dirt.advance(await evaluators_enabled(conn), self.last_seq)
+            try:
+                await replay_log(
+                    conn,
+                    self.processor,
+                    self.last_seq,
+                    NO_END,
+                    self.seed_epoch,
+                    RecoveryReport(),
+                    on_record=self._applied,
+                    takeover=False,
+                )
+            except ReplayGap as exc:
+                self.drop(f"the log has a hole: {exc}")
+                return
+            fresh = await last_fresh_epoch(conn)
+        if fresh is not None and fresh > self.seed_epoch:
+            self.drop(f"epoch {fresh} started fresh after the replica's snapshot")
+            return
+        self.followed_at = time.time()
+
+    def _applied(self, seq: int, epoch: int, event: dict[str, Any], changes: list[Any]) -> None:
+        self.last_seq = seq
+        self.last_epoch = epoch
+        self.applied += 1
+        self.dirt(seq, epoch, event, changes)
+
+    def drop(self, reason: str) -> None:
+        """Forget the replica; a later round seeds a new one from a newer snapshot."""
+        log.warning("hot standby: replica dropped", reason=reason, snapshot_id=self.seed_id)
+        self.processor = None
+        self.reason = reason
+        self.state = "dropped"
+        self._dropped_seed = self.seed_id
+
+    # ------------------------------------------------------------ the takeover
+    async def usable(self, conn: asyncpg.Connection, epoch: int, max_seq: int) -> str | None:
+        """Why the replica cannot be the new leader's graph after ``barrier(epoch)``
+        answered ``max_seq``, or None if it can (called after :meth:`close`)."""
+        if self.processor is None:
+            return self.reason or "not seeded"
+        fresh = await last_fresh_epoch(conn, epoch)
+        if fresh is not None and fresh > self.seed_epoch:
+            return f"epoch {fresh} started fresh after the replica's snapshot"
+        if self.last_seq > max_seq:
+            return f"replica at seq {self.last_seq}, past the log's end {max_seq}"
+        if self.last_epoch is not None:
+            logged = await conn.fetchval("SELECT epoch FROM events WHERE seq = $1", self.last_seq)
+            if logged != self.last_epoch:
+                return (
+                    f"seq {self.last_seq} is epoch {logged} in the log, the replica applied"
+                    f" epoch {self.last_epoch}"
+                )
+        return None
+
+    def hand_over(self) -> Processor:
+        """The replica, for the new leader (not kept here)."""
+        assert self.processor is not None
+        processor, self.processor = self.processor, None
+        self.state = "handed over"
+        return processor
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "snapshot_id": self.seed_id,
+            "snapshot_seq": self.seed_seq,
+            "last_seq": self.last_seq,
+            "applied": self.applied,
+            "seeds": self.seeds,
+            "dirty_vertices": len(self.dirty),
+            "followed_at": self.followed_at,
+        }
