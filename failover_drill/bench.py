@@ -421,7 +421,8 @@ async def e2e_steps(
     if dep.persistency:  # quiet before measuring: the snapshot after get_all, the log
         await tail.until_snapshot(dep.timeout)
         await dep.until_logged((await dep.status(a))["last_seq"])
-    b.start()  # an idle standby: the service's own footprint, no graph
+    # an idle standby: the service's own footprint, no graph (no replica, no preload)
+    b.start(HOT_STANDBY="false", STANDBY_PRELOAD_INTERVAL="0")
     await dep.until_standby(b)
     idle = rss(b)
     await asyncio.to_thread(b.stop, 15)

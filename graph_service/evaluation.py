@@ -45,27 +45,35 @@ class ReplayDirt:
     (a leader that died before enabling) is dirty.
     """
 
-    def __init__(self, dirty: dict[str, None], enabled: dict[int, int], upto: int) -> None:
+    def __init__(self, dirty: dict[str, None], enabled: dict[int, int]) -> None:
         self.dirty = dirty  # where dirty vertices go (the evaluation's, or a hot standby's)
-        self.enabled: dict[int, int] = {}
-        self.cut = 0
+        self.enabled: dict[int, int] = {}  # epoch -> seq of its enabling pass
+        self.cut = 0  # the newest enabling pass replayed: records up to it are covered
+        self._ahead: list[int] = []  # seqs of known passes not replayed yet, ascending
         self._dirty_upto = 0  # the newest seq of a record that marked vertices dirty
+        self._last = 0  # the last seq replayed
         # the change lists of the last trigger's group (vertices derived only at finish:
         # per record, that would cost more than the replay's own work)
         self._group: list[Any] = []
         self.records_dirty = 0
-        self.advance(enabled, upto)
+        self.advance(enabled)
 
-    def advance(self, enabled: dict[int, int], upto: int) -> None:
-        """Take in the enabling passes known now, of which those whose records are all
-        in the log we replay (``upto``) count. A hot standby learns them as it follows
-        the log: vertices marked dirty only by records a newer pass covered are dropped."""
-        self.enabled = {e: s for e, s in enabled.items() if s <= upto}
-        cut = max(self.enabled.values(), default=0)
-        if cut > self.cut:
-            self.cut = cut
-            if self._dirty_upto <= cut:
-                self.dirty.clear()
+    def advance(self, enabled: dict[int, int]) -> None:
+        """Take in the enabling passes known now. A pass counts once the replay has
+        gone through its seq (all its records are then in the log replayed); a hot
+        standby learns of passes as it follows the log."""
+        self.enabled = dict(enabled)
+        self._ahead = sorted(s for s in enabled.values() if s > self.cut)
+        self._reach(self._last)
+
+    def _reach(self, seq: int) -> None:
+        """The replay has gone through ``seq``: the passes up to it count."""
+        if not self._ahead or self._ahead[0] > seq:
+            return
+        while self._ahead and self._ahead[0] <= seq:
+            self.cut = self._ahead.pop(0)
+        if self._dirty_upto <= self.cut:  # nothing dirty came after the pass
+            self.dirty.clear()
 
     def __call__(self, seq: int, epoch: int, event: dict[str, Any], changes: Any) -> None:
         if seq <= self.cut:
@@ -82,6 +90,9 @@ class ReplayDirt:
                 self._group.append(changes)
         elif changes:
             self._group.append(changes)
+        self._last = seq
+        if self._ahead and self._ahead[0] <= seq:
+            self._reach(seq)
 
     @property
     def pending(self) -> dict[str, None]:

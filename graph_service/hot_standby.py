@@ -52,6 +52,9 @@ from rca_common.logging import get_logger
 log = get_logger(__name__)
 
 NO_END = 2**63 - 1  # replay "to the end of the log"
+# At most one read of the log per this many seconds: under load the persistor commits
+# far more often, and a read per commit would cost PostgreSQL more than the records.
+FOLLOW_SPACING = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ class HotStandby:
         self.applied = 0
         self.seeds = 0
         self.dirty: dict[str, None] = {}
-        self.dirt = ReplayDirt(self.dirty, {}, 0)
+        self.dirt = ReplayDirt(self.dirty, {})
         self.followed_at: float | None = None  # wall clock of the last read of the log
         self._dropped_seed: int | None = None  # the snapshot of the replica last dropped
         self._wake = asyncio.Event()
@@ -112,6 +115,7 @@ class HotStandby:
     async def run(self) -> None:
         while True:
             self._wake.clear()  # before reading: a notice during the read is not lost
+            began = time.monotonic()
             try:
                 if self._listener is None or self._listener.is_closed():
                     self._listener = await self._listen()
@@ -124,6 +128,9 @@ class HotStandby:
                 self._listener = None
             with contextlib.suppress(TimeoutError):  # a notice wakes us; the poll is a backstop
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+            spacing = FOLLOW_SPACING - (time.monotonic() - began)
+            if spacing > 0:
+                await asyncio.sleep(spacing)  # commit notices coalesce meanwhile
 
     async def _listen(self) -> asyncpg.Connection:
         conn = await db.connect(self.config.dsn, self.config.schema, timeout=10)
@@ -167,7 +174,7 @@ class HotStandby:
         self.seed_id, self.seed_epoch, self.seed_seq = snap.id, snap.epoch, snap.snapshot_seq
         self.last_seq, self.last_epoch = snap.snapshot_seq, None
         self.dirty = {}
-        self.dirt = ReplayDirt(self.dirty, enabled, snap.snapshot_seq)
+        self.dirt = ReplayDirt(self.dirty, enabled)
         self.seeds += 1
         self.state = "following"
         self.reason = None
@@ -184,7 +191,7 @@ class HotStandby:
         """Apply what the persistor committed since the last read."""
         assert self.processor is not None
         async with self.pool.acquire() as conn:
-            self.dirt.advance(await evaluators_enabled(conn), self.last_seq)
+            self.dirt.advance(await evaluators_enabled(conn))
             try:
                 await replay_log(
                     conn,

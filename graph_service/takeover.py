@@ -230,7 +230,7 @@ class Takeover:
             # the middle of replay (measured: half of the replay time). It is long-lived
             # data without cycles: move it out of the collector's sight.
             gc.freeze()
-            dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn), max_seq)
+            dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn))
             return await self._replay(conn, report, "snapshot", snap.snapshot_seq, max_seq,
                                       snap.epoch, dirt)  # fmt: skip
 
@@ -247,7 +247,7 @@ class Takeover:
         after = standby.last_seq
         svc.processor = standby.hand_over()
         dirt = standby.dirt
-        dirt.advance(await evaluators_enabled(conn), max_seq)
+        dirt.advance(await evaluators_enabled(conn))
         svc.evaluation.dirty.update(standby.dirty)
         dirt.dirty = svc.evaluation.dirty
         return await self._replay(conn, report, "hot", after, max_seq, standby.seed_epoch, dirt)

@@ -143,7 +143,7 @@ def test_compose_drill_two_kills(
     assert {first["victim"], second["victim"]} == {"graph-a", "graph-b"}  # alternating
     for kill in report["kills"]:
         assert 0 < kill["kill_to_ready_s"] < 30, kill
-        assert kill["recovery_mode"] in ("snapshot", "fresh"), kill
+        assert kill["recovery_mode"] in ("hot", "snapshot", "fresh"), kill
         assert kill["graph"]["lost_vertices"] == 0 and kill["graph"]["lost_edges"] == 0
         assert kill["seq"]["new_last_seq_at_ready"] >= kill["seq"]["old_confirmed_seq"]
         assert kill["events_before_kill"]["events"] > 0, "no events flowed before the kill"
