@@ -126,6 +126,10 @@ class HotStandby:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("hot standby: database unreachable, will retry", error=repr(exc))
                 self._listener = None
+            except Exception as exc:  # a bug: the replica may be half-way through a record
+                log.error("hot standby: failed", exc_info=exc)
+                if self.processor is not None:
+                    self.drop(f"failed: {exc!r}")
             with contextlib.suppress(TimeoutError):  # a notice wakes us; the poll is a backstop
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
             spacing = FOLLOW_SPACING - (time.monotonic() - began)

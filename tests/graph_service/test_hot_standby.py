@@ -213,3 +213,24 @@ def test_the_replica_is_a_copy_not_the_leaders_object() -> None:
     q = Processor(recent_capacity=p.recent.capacity)
     q.import_state(pickle.loads(pickle.dumps(p.export_state(), protocol=5)))
     assert same_graph(p, q) and q.graph is not p.graph
+
+
+async def test_a_failure_while_applying_drops_the_replica(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica half-way through a record is not a graph to take over with."""
+    leader, epoch = await started_leader(conn)
+    standby.start()
+    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    assert standby.processor is not None
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(standby.processor, "replay_wire", broken)
+    await leader.commit(leader.rows(3, epoch))
+    await wait_for(lambda: standby.processor is None, what="the replica dropped")
+    assert standby.reason == "failed: RuntimeError('boom')"
+    assert standby.state in ("dropped", "waiting for a newer snapshot")
+    me = await leader.epoch()
+    assert await standby.usable(conn, me, leader.seq) == "failed: RuntimeError('boom')"
