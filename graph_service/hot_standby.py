@@ -89,6 +89,7 @@ class HotStandby:
         self.dirty: dict[str, None] = {}
         self.dirt = ReplayDirt(self.dirty, {})
         self.followed_at: float | None = None  # wall clock of the last read of the log
+        self.log_seq = 0  # the last seq the persistor announced (or the replica read)
         self._dropped_seed: int | None = None  # the snapshot of the replica last dropped
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +142,9 @@ class HotStandby:
         await conn.add_listener(db.log_channel(self.config.schema), self._notified)
         return conn
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.log_seq = max(self.log_seq, int(payload))
         self._wake.set()
 
     # ------------------------------------------------------------ the replica
@@ -218,6 +221,8 @@ class HotStandby:
 
     def _applied(self, seq: int, epoch: int, event: dict[str, Any], changes: list[Any]) -> None:
         self.last_seq = seq
+        if seq > self.log_seq:
+            self.log_seq = seq
         self.last_epoch = epoch
         self.applied += 1
         self.dirt(seq, epoch, event, changes)
@@ -257,6 +262,13 @@ class HotStandby:
         self.state = "handed over"
         return processor
 
+    def lag(self) -> int | None:
+        """Records committed (as announced) that the replica has not applied; None
+        without a replica."""
+        if self.processor is None:
+            return None
+        return max(0, self.log_seq - self.last_seq)
+
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state,
@@ -264,6 +276,7 @@ class HotStandby:
             "snapshot_id": self.seed_id,
             "snapshot_seq": self.seed_seq,
             "last_seq": self.last_seq,
+            "lag_records": self.lag(),
             "applied": self.applied,
             "seeds": self.seeds,
             "dirty_vertices": len(self.dirty),

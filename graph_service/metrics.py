@@ -50,3 +50,9 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge("rca_active", "1 when this instance is the active one.", registry=r)
+        self.standby_lag = Gauge(
+            "rca_hot_standby_lag_records",
+            "Records the persistor committed that this hot standby's replica has not"
+            " applied yet (-1: no replica).",
+            registry=r,
+        )

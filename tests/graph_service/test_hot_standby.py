@@ -128,6 +128,10 @@ async def test_seeds_from_the_snapshot_and_follows_each_commit(
         assert leader.seq == target
         await wait_for(lambda t=target: standby.last_seq == t, what=f"the replica at seq {target}")
     assert standby.applied == 120 and standby.last_epoch == epoch
+    assert standby.log_seq == 150 and standby.lag() == 0  # from the commit notices
+    schema = await conn.fetchval("SELECT current_schema()")
+    await conn.execute("SELECT pg_notify($1, '175')", db.log_channel(schema))  # ahead of us
+    await wait_for(lambda: standby.status()["lag_records"] == 25, what="a lag of 25 records")
     assert standby.processor is not None and same_graph(standby.processor, leader.processor)
     # No evaluator was ever enabled: every record since the snapshot is dirty.
     assert standby.dirty and standby.status()["dirty_vertices"] == len(standby.dirty)
