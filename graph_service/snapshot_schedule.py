@@ -1,4 +1,12 @@
-"""When the active takes snapshots: every SNAPSHOT_INTERVAL and after every get_all.
+"""When the active takes snapshots: often enough that one younger than SNAPSHOT_INTERVAL
+is always stored, and after every get_all.
+
+A takeover uses no snapshot older than SNAPSHOT_INTERVAL. Waiting the full interval
+after each snapshot was stored would leave a window, every cycle, in which the
+newest one is just too old (the interval plus the time to take the next one), and
+after a takeover the snapshot it loaded may already be nearly that old. So the
+active takes one as soon as it is active, then each time the last one it stored
+reaches ``DUE_AT`` of the interval, and retries a failed one after ``RETRY_AT``.
 
 The snapshot is the state at one record boundary (``snapshot_seq``): the fork
 happens synchronously between two messages. It is stored only once every record
@@ -24,6 +32,14 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+DUE_AT = 0.9  # of SNAPSHOT_INTERVAL: the margin covers taking and storing the next one
+RETRY_AT = 0.1  # of SNAPSHOT_INTERVAL, after a failed snapshot
+
+
+def next_wait(interval: float, stored: int | None) -> float:
+    """Seconds until the next snapshot, after one was stored (its id) or failed (None)."""
+    return interval * (DUE_AT if stored is not None else RETRY_AT)
+
 
 class SnapshotSchedule:
     def __init__(self, service: GraphService) -> None:
@@ -35,17 +51,18 @@ class SnapshotSchedule:
         """Take one as soon as possible (after a get_all)."""
         self._now.set()
 
-    async def run(self, first_now: bool) -> None:
-        if first_now:
-            self._now.set()
+    async def run(self) -> None:
+        """From going active until stopped: one now, then periodically (see above)."""
+        self._now.set()
         interval = self.svc.settings.snapshot_interval
+        wait = 0.0
         while not self.svc.stopped.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), interval)
+                await asyncio.wait_for(self._now.wait(), wait)
             self._now.clear()
             if self.svc.stopped.is_set():
                 return
-            await self.take_one()
+            wait = next_wait(interval, await self.take_one())
 
     async def take_one(self) -> int | None:
         """Take, wait for the records it covers to be confirmed, store. Returns the id."""

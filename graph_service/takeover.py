@@ -137,7 +137,7 @@ class Takeover:
             svc.spawn(svc.get_all(), "reconcile")
         if self.settings.enable_persistency:
             svc.snapshots = SnapshotSchedule(svc)
-            svc.spawn(svc.snapshots.run(first_now=report.mode == "fresh"), "snapshots")
+            svc.spawn(svc.snapshots.run(), "snapshots")
 
     def _start_ingest(self, last_seq: int) -> Ingest:
         svc = self.svc

@@ -87,7 +87,10 @@ class Settings(BaseSettings):
         "Publish processed events, store snapshots, recover from them.", True
     )
     snapshot_interval: Annotated[float, Field(gt=0)] = _doc(
-        "Seconds between snapshots; also the age beyond which a snapshot is not used.", 600.0
+        "The age beyond which a takeover does not use a snapshot. The active keeps one younger"
+        " than this stored: one as soon as it is active, then one each time the last reaches"
+        " 90 % of this age, and after every get_all.",
+        600.0,
     )
     snapshots_kept: Annotated[int, Field(gt=0)] = _doc("Snapshots kept in PostgreSQL.", 3)
     snapshot_hmac_key: str | None = _doc(

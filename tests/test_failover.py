@@ -101,12 +101,20 @@ async def test_snapshot_older_than_the_interval_is_not_used(
         return (await _status(first.url))["snapshot"].get("state") == "stored"
 
     await wait_for(snapshot_stored, what="first snapshot")
+    first_id = (await _status(first.url))["snapshot"]["snapshot_id"]
     assert processes.stop(first) == 0
 
     # A takeover right away uses the snapshot...
     second = processes.start("graph-service", http=True, RECONCILE_AFTER_TAKEOVER="false")
     await wait_http(second, "/readyz")
     assert (await _status(second.url))["recovery"]["mode"] == "snapshot"
+
+    # ...and stores one of its own at once: the one it loaded may be nearly too old.
+    async def own_snapshot() -> bool:
+        snapshot = (await _status(second.url))["snapshot"]
+        return snapshot.get("state") == "stored" and snapshot["snapshot_id"] != first_id
+
+    await wait_for(own_snapshot, what="the new active's first snapshot")
     assert processes.stop(second) == 0
 
     # ...but not after a downtime longer than SNAPSHOT_INTERVAL.
