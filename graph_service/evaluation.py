@@ -43,15 +43,21 @@ class ReplayDirt:
     rounds; each ``vitrage`` record after a trigger is one whole round of it).
     Records before the newest enabling pass were covered by it. Every other record
     (a leader that died before enabling) is dirty.
+
+    A pass (epoch e at seq P) counts only once a record of epoch e at P or later is
+    replayed: only then is the history up to P the one e evaluated (e may have
+    recorded its pass and died before its records up to P reached the log, and the
+    next leader reused those seqs). A hot standby learns of passes as it follows
+    the log (:meth:`advance`).
     """
 
     def __init__(self, dirty: dict[str, None], enabled: dict[int, int]) -> None:
         self.dirty = dirty  # where dirty vertices go (the evaluation's, or a hot standby's)
         self.enabled: dict[int, int] = {}  # epoch -> seq of its enabling pass
-        self.cut = 0  # the newest enabling pass replayed: records up to it are covered
-        self._ahead: list[int] = []  # seqs of known passes not replayed yet, ascending
+        self.cut = 0  # the newest pass that counts: records up to it are covered
+        self._uncounted: dict[int, int] = {}  # passes after the cut that do not count yet
+        self._last_of: dict[int, int] = {}  # epoch -> the last seq replayed of it
         self._dirty_upto = 0  # the newest seq of a record that marked vertices dirty
-        self._last = 0  # the last seq replayed
         # the change lists of the last trigger's group (vertices derived only at finish:
         # per record, that would cost more than the replay's own work)
         self._group: list[Any] = []
@@ -59,23 +65,25 @@ class ReplayDirt:
         self.advance(enabled)
 
     def advance(self, enabled: dict[int, int]) -> None:
-        """Take in the enabling passes known now. A pass counts once the replay has
-        gone through its seq (all its records are then in the log replayed); a hot
-        standby learns of passes as it follows the log."""
+        """Take in the enabling passes known now (epoch -> seq)."""
         self.enabled = dict(enabled)
-        self._ahead = sorted(s for s in enabled.values() if s > self.cut)
-        self._reach(self._last)
+        self._uncounted = {e: s for e, s in enabled.items() if s > self.cut}
+        for epoch in list(self._uncounted):
+            self._count(epoch)
 
-    def _reach(self, seq: int) -> None:
-        """The replay has gone through ``seq``: the passes up to it count."""
-        if not self._ahead or self._ahead[0] > seq:
+    def _count(self, epoch: int) -> None:
+        """Count ``epoch``'s pass if a record of it at the pass's seq or later was replayed."""
+        at = self._uncounted.get(epoch)
+        if at is None or self._last_of.get(epoch, 0) < at:
             return
-        while self._ahead and self._ahead[0] <= seq:
-            self.cut = self._ahead.pop(0)
-        if self._dirty_upto <= self.cut:  # nothing dirty came after the pass
-            self.dirty.clear()
+        del self._uncounted[epoch]
+        if at > self.cut:
+            self.cut = at
+            if self._dirty_upto <= at:  # nothing dirty came after the pass
+                self.dirty.clear()
 
     def __call__(self, seq: int, epoch: int, event: dict[str, Any], changes: Any) -> None:
+        self._last_of[epoch] = seq
         if seq <= self.cut:
             return
         enabled_at = self.enabled.get(epoch)
@@ -90,9 +98,8 @@ class ReplayDirt:
                 self._group.append(changes)
         elif changes:
             self._group.append(changes)
-        self._last = seq
-        if self._ahead and self._ahead[0] <= seq:
-            self._reach(seq)
+        if epoch in self._uncounted:
+            self._count(epoch)
 
     @property
     def pending(self) -> dict[str, None]:

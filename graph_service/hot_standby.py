@@ -42,7 +42,6 @@ from graph_service.recovery import (
     ReplayGap,
     evaluators_enabled,
     last_fresh_epoch,
-    log_end,
     replay_log,
 )
 from graph_service.snapshots import SnapshotStore
@@ -63,7 +62,8 @@ class StandbyConfig:
     schema: str
     hmac_key: bytes | None
     max_snapshot_age_s: float  # SNAPSHOT_INTERVAL: what a takeover would accept
-    poll_interval: float  # longest wait between reads of the log, and between seed tries
+    poll_interval: float  # longest wait between reads of the log
+    retry_interval: float  # between tries at seeding (each may decode a whole snapshot)
     min_time_to_delete: float
     recent_capacity: int
 
@@ -106,10 +106,7 @@ class HotStandby:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.close(), 5)
-            self._listener = None
+        await self._close_listener()
         if self.state != "handed over":
             self.state = "stopped"
 
@@ -117,30 +114,53 @@ class HotStandby:
         while True:
             self._wake.clear()  # before reading: a notice during the read is not lost
             began = time.monotonic()
+            await self._ensure_listener()
             try:
-                if self._listener is None or self._listener.is_closed():
-                    self._listener = await self._listen()
                 if self.processor is None:
                     await self.seed()
                 if self.processor is not None:
                     await self.follow()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("hot standby: database unreachable, will retry", error=repr(exc))
-                self._listener = None
+                await self._close_listener()
             except Exception as exc:  # a bug: the replica may be half-way through a record
                 log.error("hot standby: failed", exc_info=exc)
                 if self.processor is not None:
                     self.drop(f"failed: {exc!r}")
+            if self.processor is None or self._listener is None:
+                # Not following, or no notices: try again after a while, not on every
+                # commit notice (a seed may cost a whole snapshot's decode).
+                await asyncio.sleep(self.config.retry_interval)
+                continue
             with contextlib.suppress(TimeoutError):  # a notice wakes us; the poll is a backstop
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
             spacing = FOLLOW_SPACING - (time.monotonic() - began)
             if spacing > 0:
                 await asyncio.sleep(spacing)  # commit notices coalesce meanwhile
 
-    async def _listen(self) -> asyncpg.Connection:
-        conn = await db.connect(self.config.dsn, self.config.schema, timeout=10)
-        await conn.add_listener(db.log_channel(self.config.schema), self._notified)
-        return conn
+    async def _ensure_listener(self) -> None:
+        """LISTEN for the persistor's commit notices; without them, poll."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = None
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await db.connect(self.config.dsn, self.config.schema, timeout=10)
+            await conn.add_listener(db.log_channel(self.config.schema), self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("hot standby: no commit notices, polling", error=repr(exc))
+            if conn is not None:
+                conn.terminate()
+            return
+        self._listener = conn
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:  # closing is best effort: never let it hide the cause
+                conn.terminate()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         with contextlib.suppress(ValueError):
@@ -149,37 +169,46 @@ class HotStandby:
 
     # ------------------------------------------------------------ the replica
     async def seed(self) -> bool:
-        """Load the newest snapshot a takeover could use now, into a new replica."""
+        """Load the newest snapshot a takeover could use now, into a new replica.
+
+        Unlike a takeover it does not hold the snapshot to the log's end: the active
+        stores a snapshot once the broker has confirmed its records, often before
+        the persistor has committed them. A replica ahead of the log at takeover
+        time is refused then (:meth:`usable`)."""
         self.state = "seeding"
         async with self.pool.acquire() as conn:
-            store = SnapshotStore(conn)
-            newest = await store.candidates()
-            if newest and newest[0].id == self._dropped_seed:
-                # The snapshot the replica was dropped from would meet the same hole or
-                # fresh start again: decoding it once more would only cost CPU.
-                self.state = "waiting for a newer snapshot"
-                return False
             fresh = await last_fresh_epoch(conn)
-            snap = await store.load_newest(
+            snap = await SnapshotStore(conn).load_newest(
                 self.config.hmac_key,
                 self.config.max_snapshot_age_s,
-                max_seq=await log_end(conn),
                 min_epoch=fresh,
+                exclude=self._dropped_seed,
+                quiet=True,
             )
-            if snap is None:
-                self.state = "waiting for a snapshot"
-                self.reason = self.reason or "no usable snapshot"
-                return False
-            enabled = await evaluators_enabled(conn)
+            enabled = await evaluators_enabled(conn) if snap is not None else {}
+        if snap is None:
+            self.state = (
+                "waiting for a newer snapshot" if self._dropped_seed else "waiting for a snapshot"
+            )
+            self.reason = self.reason or "no usable snapshot"
+            return False
         processor = Processor(
             min_time_to_delete=self.config.min_time_to_delete,
             recent_capacity=self.config.recent_capacity,
         )
-        processor.import_state(snap.state["processor"])
+        try:
+            processor.import_state(snap.state["processor"])
+        except Exception as exc:  # signed and allow-listed, yet not a processor's state
+            log.error("hot standby: snapshot not usable", snapshot_id=snap.id, exc_info=exc)
+            self._dropped_seed = snap.id
+            self.reason = f"snapshot {snap.id}: {exc!r}"
+            self.state = "waiting for a newer snapshot"
+            return False
         gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
         self.processor = processor
         self.seed_id, self.seed_epoch, self.seed_seq = snap.id, snap.epoch, snap.snapshot_seq
         self.last_seq, self.last_epoch = snap.snapshot_seq, None
+        self.log_seq = max(self.log_seq, snap.snapshot_seq)
         self.dirty = {}
         self.dirt = ReplayDirt(self.dirty, enabled)
         self.seeds += 1
@@ -228,12 +257,20 @@ class HotStandby:
         self.dirt(seq, epoch, event, changes)
 
     def drop(self, reason: str) -> None:
-        """Forget the replica; a later round seeds a new one from a newer snapshot."""
+        """Forget the replica; a later round seeds a new one from another snapshot."""
         log.warning("hot standby: replica dropped", reason=reason, snapshot_id=self.seed_id)
         self.processor = None
+        self.dirty.clear()
         self.reason = reason
         self.state = "dropped"
         self._dropped_seed = self.seed_id
+
+    def discard(self, reason: str) -> None:
+        """A takeover does not use the replica: free its graph before loading another."""
+        self.processor = None
+        self.dirty.clear()
+        self.reason = reason
+        self.state = "not used"
 
     # ------------------------------------------------------------ the takeover
     async def usable(self, conn: asyncpg.Connection, epoch: int, max_seq: int) -> str | None:

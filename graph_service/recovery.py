@@ -110,7 +110,7 @@ async def replay_log(
 
     ``takeover``: this is a takeover's replay (logged with progress, and the drill's
     ``replay`` crash point counts its records); a hot standby's reads of the log are
-    not.
+    not, and do not fetch stale rows at all.
 
     Returns the last seq applied: the new leader continues from there. Records of
     an epoch older than the snapshot's are a dead leader's seqs that a newer
@@ -125,13 +125,16 @@ async def replay_log(
     if takeover:
         log.info("replay started", after_seq=after_seq, upto_seq=upto_seq, records=total)
 
+    # A takeover reads the stale rows too, to count them; a hot standby reads the log
+    # again and again, and a stale tail would come back every time.
+    stale = "" if takeover else " AND epoch >= $4"
+
     def fetch(after: int) -> Awaitable[list[asyncpg.Record]]:
+        args = (after, upto_seq, REPLAY_CHUNK) + (() if takeover else (snapshot_epoch,))
         return conn.fetch(
-            "SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2"
+            f"SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2{stale}"
             " ORDER BY seq LIMIT $3",
-            after,
-            upto_seq,
-            REPLAY_CHUNK,
+            *args,
         )
 
     rows = await fetch(after_seq) if after_seq < upto_seq else []

@@ -208,9 +208,8 @@ class GraphService:
             self.metrics.edges.set(self.graph.edge_count)
             if self.ingest is not None:
                 self.metrics.last_seq.set(self.ingest.seq)
-            if isinstance(self.standby, HotStandby):
-                lag = self.standby.lag()
-                self.metrics.standby_lag.set(-1 if lag is None else lag)
+            lag = self.standby.lag() if isinstance(self.standby, HotStandby) else None
+            self.metrics.standby_lag.set(-1 if lag is None else lag)
             with contextlib.suppress(Exception):
                 q = await self.consume_channel.declare_queue(
                     self.topology.events_queue.name, passive=True

@@ -470,6 +470,8 @@ class SnapshotStore:
         decode_in_thread: bool = True,
         preloaded: LoadedSnapshot | None = None,
         min_epoch: int | None = None,
+        exclude: int | None = None,
+        quiet: bool = False,
     ) -> LoadedSnapshot | None:
         """The newest usable snapshot, or None (the caller then starts fresh).
 
@@ -483,11 +485,17 @@ class SnapshotStore:
         getting time slices. When the
         snapshot chosen is ``preloaded`` (decoded and verified by a standby ahead of
         time, see :class:`SnapshotPreloader`), that copy is used as it is.
+        ``exclude``: a snapshot id not to use (a hot standby's replica met a hole
+        after it). ``quiet``: skipped snapshots are not logged one by one (a standby
+        that waits for a usable one asks again and again).
         """
         infos = await self.candidates()
         skipped: list[str] = []
         for info in infos:
-            reason = self._unusable(info, max_age_s, max_seq, min_epoch)
+            if info.id == exclude:
+                skipped.append(f"{info.id}: excluded")
+                continue
+            reason = self._unusable(info, max_age_s, max_seq, min_epoch, quiet)
             if reason is None and preloaded is not None and preloaded.id == info.id:
                 log.info("snapshot preloaded by the standby: no decode", **info.log_fields())
                 return replace(preloaded, age_s=info.age_s, decode_s=0.0, preloaded=True)
@@ -497,41 +505,50 @@ class SnapshotStore:
                     return loaded
             else:
                 skipped.append(f"{info.id}: {reason}")
-        log.warning(
-            "no usable snapshot",
-            stored=len(infos),
-            skipped=skipped,
-            max_age_s=max_age_s,
-            max_seq=max_seq,
-        )
+        if not quiet:
+            log.warning(
+                "no usable snapshot",
+                stored=len(infos),
+                skipped=skipped,
+                max_age_s=max_age_s,
+                max_seq=max_seq,
+            )
         return None
 
     @staticmethod
     def _unusable(
-        info: SnapshotInfo, max_age_s: float | None, max_seq: int | None, min_epoch: int | None
+        info: SnapshotInfo,
+        max_age_s: float | None,
+        max_seq: int | None,
+        min_epoch: int | None,
+        quiet: bool = False,
     ) -> str | None:
-        """Why a snapshot is not even fetched (logged here), or None."""
+        """Why a snapshot is not even fetched (logged here unless ``quiet``), or None."""
+        fields = info.log_fields()
         if min_epoch is not None and info.epoch < min_epoch:
             reason = f"taken before epoch {min_epoch} started fresh"
-            log.info("snapshot not used", reason=reason, **info.log_fields())
+            if not quiet:
+                log.info("snapshot not used", reason=reason, **fields)
             return reason
         if max_age_s is not None and info.age_s > max_age_s:
             reason = f"too old: {info.age_s:.1f}s > SNAPSHOT_INTERVAL {max_age_s:g}s"
-            log.info("snapshot not used", reason=reason, **info.log_fields())
+            if not quiet:
+                log.info("snapshot not used", reason=reason, **fields)
             return reason
         if max_seq is not None and info.snapshot_seq > max_seq:
-            message = ahead_of_log_message(info, max_seq)
-            log.error(
-                "snapshot ahead of the event log",
-                error=ConsistencyError.__name__,
-                message=message,
-                max_seq=max_seq,
-                **info.log_fields(),
-            )
+            if not quiet:
+                log.error(
+                    "snapshot ahead of the event log",
+                    error=ConsistencyError.__name__,
+                    message=ahead_of_log_message(info, max_seq),
+                    max_seq=max_seq,
+                    **fields,
+                )
             return f"ahead of the log: seq {info.snapshot_seq} > log end {max_seq}"
         if info.format_version != FORMAT_VERSION:
             reason = f"format version {info.format_version}, this build reads {FORMAT_VERSION}"
-            log.warning("snapshot not used", reason=reason, **info.log_fields())
+            if not quiet:
+                log.warning("snapshot not used", reason=reason, **fields)
             return reason
         return None
 

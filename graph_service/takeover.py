@@ -105,6 +105,7 @@ class Takeover:
                 hmac_key=self._hmac_key(),
                 max_snapshot_age_s=s.snapshot_interval,
                 poll_interval=interval if interval > 0 else 2.0,
+                retry_interval=interval if interval > 0 else 2.0,
                 min_time_to_delete=s.min_time_to_delete,
                 recent_capacity=s.recent_event_ids,
             )
@@ -199,7 +200,12 @@ class Takeover:
             if isinstance(standby, HotStandby):
                 unusable = await standby.usable(conn, svc.epoch, max_seq)
                 if unusable is None:
-                    return await self._recover_from_replica(conn, report, standby, max_seq)
+                    try:
+                        return await self._recover_from_replica(conn, report, standby, max_seq)
+                    except ReplayGap as exc:  # after the replica: a snapshot after it may do
+                        unusable = f"replay after the replica failed: {exc}"
+                        self._forget_recovery(report)
+                standby.discard(unusable)  # its graph is freed before a snapshot is loaded
                 report.extra["hot_standby_unused"] = unusable
                 log.info("hot standby replica not used", reason=unusable)
             elif standby is not None:
@@ -231,8 +237,18 @@ class Takeover:
             # data without cycles: move it out of the collector's sight.
             gc.freeze()
             dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn))
-            return await self._replay(conn, report, "snapshot", snap.snapshot_seq, max_seq,
-                                      snap.epoch, dirt)  # fmt: skip
+            crashpoints.hit("replay")  # the drill's kill in recovery
+            try:
+                last = await replay_log(conn, svc.processor, snap.snapshot_seq, max_seq,
+                                        snap.epoch, report, on_record=dirt)  # fmt: skip
+            except ReplayGap as exc:
+                report.reason = f"replay failed: {exc}"
+                log.error("replay failed: fresh start", reason=report.reason)
+                self._forget_recovery(report)
+                return max_seq
+            dirt.finish()
+            report.mode = "snapshot"
+            return last
 
     async def _recover_from_replica(
         self, conn: asyncpg.Connection, report: RecoveryReport, standby: HotStandby, max_seq: int
@@ -250,36 +266,25 @@ class Takeover:
         dirt.advance(await evaluators_enabled(conn))
         svc.evaluation.dirty.update(standby.dirty)
         dirt.dirty = svc.evaluation.dirty
-        return await self._replay(conn, report, "hot", after, max_seq, standby.seed_epoch, dirt)
-
-    async def _replay(
-        self,
-        conn: asyncpg.Connection,
-        report: RecoveryReport,
-        mode: str,
-        after: int,
-        max_seq: int,
-        epoch: int,
-        dirt: ReplayDirt,
-    ) -> int:
-        """Replay ``after < seq <= max_seq``; a hole in the log means a fresh start."""
-        svc = self.svc
         crashpoints.hit("replay")  # the drill's kill in recovery, even with nothing to replay
-        try:
-            last = await replay_log(conn, svc.processor, after, max_seq, epoch, report,
-                                    on_record=dirt)  # fmt: skip
-            dirt.finish()
-        except ReplayGap as exc:
-            report.reason = f"replay failed: {exc}"
-            log.error("replay failed: fresh start", reason=report.reason)
-            svc.processor = Processor(
-                min_time_to_delete=self.settings.min_time_to_delete,
-                recent_capacity=self.settings.recent_event_ids,
-            )
-            svc.evaluation.dirty.clear()
-            return max_seq
-        report.mode = mode
+        last = await replay_log(conn, svc.processor, after, max_seq, standby.seed_epoch, report,
+                                on_record=dirt)  # fmt: skip
+        dirt.finish()
+        report.mode = "hot"
         return last
+
+    def _forget_recovery(self, report: RecoveryReport) -> None:
+        """Back to an empty graph and a blank report, to recover another way."""
+        svc = self.svc
+        svc.processor = Processor(
+            min_time_to_delete=self.settings.min_time_to_delete,
+            recent_capacity=self.settings.recent_event_ids,
+        )
+        svc.evaluation.dirty.clear()
+        for name in ("snapshot_id", "snapshot_seq", "snapshot_epoch", "replay_s", "replay_rate"):
+            setattr(report, name, None)
+        report.replayed = report.replay_skipped_stale = 0
+        report.extra.pop("hot_standby", None)
 
     async def _record_evaluators_enabled(self, seq: int) -> None:
         """Tell the next leader from which seq on our records were evaluated live."""

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import asyncpg
 import orjson
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
+from graph_service import snapshots
+from graph_service.evaluation import Evaluation
 from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.processor import Processor
-from graph_service.recovery import record_fresh_start
+from graph_service.recovery import RecoveryReport, record_fresh_start
 from graph_service.snapshot_codec import encode
 from graph_service.snapshots import SnapshotStore
+from graph_service.takeover import Takeover
 from rca_common import db
 from rca_common.settings import Settings
 from tests.conftest import wait_for
@@ -44,6 +50,7 @@ async def standby(conn: asyncpg.Connection, pool: asyncpg.Pool) -> AsyncIterator
         hmac_key=None,
         max_snapshot_age_s=600,
         poll_interval=30,  # longer than any test: only the commit notices wake it
+        retry_interval=0.05,
         min_time_to_delete=600,
         recent_capacity=10_000,  # as build_processor's
     )
@@ -238,3 +245,133 @@ async def test_a_failure_while_applying_drops_the_replica(
     assert standby.state in ("dropped", "waiting for a newer snapshot")
     me = await leader.epoch()
     assert await standby.usable(conn, me, leader.seq) == "failed: RuntimeError('boom')"
+
+
+async def test_a_fresh_leaders_snapshot_seeds_even_below_an_older_epochs_seq(
+    conn: asyncpg.Connection, standby: HotStandby
+) -> None:
+    """After a fresh start that reuses seqs, the old epoch's snapshot has the highest
+    seq but is not usable: the replica is seeded from the fresh leader's."""
+    leader, epoch = await started_leader(conn)
+    await leader.commit(leader.rows(70, epoch))
+    await leader.snapshot(epoch)  # epoch 1 at seq 100
+    standby.start()
+    await wait_for(lambda: standby.seed_seq == 100, what="the replica seeded at seq 100")
+    fresh = Leader(conn, Processor(recent_capacity=10_000), seq=50)
+    fresh_epoch = await fresh.epoch()
+    await record_fresh_start(conn, fresh_epoch, 50)
+    rows = fresh.rows(30, fresh_epoch)  # seqs 51..80, as the persistor's upsert leaves them
+    await conn.execute("DELETE FROM events WHERE seq BETWEEN 51 AND 80")
+    await fresh.commit(rows)
+    await wait_for(lambda: standby.processor is None, what="the replica dropped")
+    await fresh.snapshot(fresh_epoch)  # at seq 80, below epoch 1's at 100
+    await wait_for(lambda: standby.state == "following", what="seeded from the fresh snapshot")
+    assert standby.seed_epoch == fresh_epoch and standby.seed_seq == 80
+    assert standby.processor is not None and same_graph(standby.processor, fresh.processor)
+
+
+async def test_a_corrupt_newer_snapshot_does_not_bring_back_the_dropped_one(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader, epoch = await started_leader(conn)
+    standby.start()
+    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    rows = leader.rows(10, epoch)
+    await leader.commit(rows[:4] + rows[5:])  # a hole at seq 35
+    await wait_for(lambda: standby.processor is None, what="the replica dropped")
+    corrupt = await leader.snapshot(epoch)
+    await conn.execute(
+        "UPDATE graph_snapshots SET blob = 'garbage'::bytea, size_bytes = 7 WHERE id = $1",
+        corrupt,
+    )
+    with capture_logs() as logs:
+        monkeypatch.setattr(snapshots, "log", structlog.get_logger(snapshots.__name__))
+
+        def tried_twice() -> bool:
+            rejected = [e for e in logs if e["event"] == "snapshot rejected, trying an older one"]
+            return len(rejected) >= 2
+
+        await wait_for(tried_twice, what="two tries at seeding")
+    assert all(e.get("snapshot_id") == corrupt for e in logs if "snapshot_id" in e)
+    assert standby.seeds == 1 and standby.state == "waiting for a newer snapshot"
+
+
+# ----------------------------------------------------------------- takeovers
+def takeover_of(pool: asyncpg.Pool, schema: str, epoch: int) -> Takeover:
+    """The recovery half of a Takeover over a stand-in service (no broker): the barrier
+    is the persistor's row, written directly."""
+    settings = SimpleNamespace(
+        db_schema=schema,
+        barrier_timeout=5,
+        snapshot_interval=600,
+        snapshot_hmac_key=None,
+        min_time_to_delete=600,
+        recent_event_ids=10_000,
+    )
+    svc = SimpleNamespace(
+        pool=pool,
+        epoch=epoch,
+        settings=settings,
+        processor=Processor(recent_capacity=10_000),
+        evaluation=Evaluation(None),
+    )
+    takeover = Takeover.__new__(Takeover)
+    takeover.svc, takeover.settings = svc, settings  # type: ignore[assignment]
+
+    async def barrier() -> None:
+        await pool.execute(
+            "INSERT INTO barriers (epoch, max_seq) VALUES ($1, (SELECT max(seq) FROM events))"
+            " ON CONFLICT DO NOTHING",
+            epoch,
+        )
+
+    takeover._publish_barrier = barrier  # type: ignore[method-assign]
+    return takeover
+
+
+async def test_a_hot_takeover_ends_as_a_cold_one_would(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, standby: HotStandby
+) -> None:
+    """Records committed after the replica's last read are replayed onto it: the same
+    graph and the same vertices to evaluate as from the snapshot and the whole log."""
+    schema = await conn.fetchval("SELECT current_schema()")
+    leader, epoch = await started_leader(conn)
+    standby.start()
+    await leader.commit(leader.rows(10, epoch))
+    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
+    await standby.close()
+    await leader.commit(leader.rows(15, epoch), notify=False)  # after its last read
+    me = await leader.epoch()
+    hot, cold = takeover_of(pool, schema, me), takeover_of(pool, schema, me)
+    hot_report, cold_report = RecoveryReport(), RecoveryReport()
+    assert await hot._recover_from_log(hot_report, standby) == 55
+    assert await cold._recover_from_log(cold_report, None) == 55
+    assert (hot_report.mode, hot_report.replayed) == ("hot", 15)
+    assert (cold_report.mode, cold_report.replayed) == ("snapshot", 25)
+    assert same_graph(hot.svc.processor, cold.svc.processor)
+    assert same_graph(hot.svc.processor, leader.processor)
+    assert hot.svc.evaluation.dirty == cold.svc.evaluation.dirty != {}
+
+
+async def test_a_hole_after_the_replica_falls_back_to_a_snapshot_not_to_fresh(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, standby: HotStandby
+) -> None:
+    schema = await conn.fetchval("SELECT current_schema()")
+    leader, epoch = await started_leader(conn)
+    standby.start()
+    await leader.commit(leader.rows(10, epoch))
+    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
+    await standby.close()
+    rows = leader.rows(10, epoch)  # 41..50, of which 45 never reaches the log
+    await leader.snapshot(epoch)  # at 50: after the hole
+    rows += leader.rows(10, epoch)  # 51..60
+    await leader.commit([r for r in rows if r[0] != 45], notify=False)
+    me = await leader.epoch()
+    takeover = takeover_of(pool, schema, me)
+    report = RecoveryReport()
+    assert await takeover._recover_from_log(report, standby) == 60
+    assert report.mode == "snapshot" and report.snapshot_seq == 50 and report.replayed == 10
+    assert "expected seq 45, found 46" in report.extra["hot_standby_unused"]
+    assert "hot_standby" not in report.extra
+    assert standby.processor is None and standby.state == "not used"
+    assert same_graph(takeover.svc.processor, leader.processor)

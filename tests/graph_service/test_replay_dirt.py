@@ -78,7 +78,8 @@ def test_an_enabling_pass_keeps_what_came_after_it() -> None:
     dirt = ReplayDirt(dirty, {2: 5})
     dirt(4, 2, DS, _v("before"))
     dirt(6, 3, DS, _v("other-epoch"))  # a leader after epoch 2 that never enabled
-    assert set(dirty) == {"before", "other-epoch"}  # seq 6 is past the pass: kept
+    # no record of epoch 2 at seq 5 or later was replayed: its pass does not count
+    assert set(dirty) == {"before", "other-epoch"}
 
 
 def test_a_pass_learned_after_it_was_replayed_counts_at_once() -> None:
@@ -89,3 +90,17 @@ def test_a_pass_learned_after_it_was_replayed_counts_at_once() -> None:
     assert set(dirty) == {"a", "pass"}
     dirt.advance({2: 2})  # the leader's row said so only now
     assert dirty == {}
+
+
+def test_a_pass_whose_seqs_another_leader_reused_does_not_count() -> None:
+    """Epoch 2 recorded its pass at seq 5 and died before its records reached the log;
+    epoch 3 took over below 5 and never enabled: none of its records was evaluated."""
+    records = [(4, 3, DS, _v("a")), (5, 3, DS, _v("b")), (6, 3, DS, _v("c"))]
+    assert _run({2: 5}, records) == {"a", "b", "c"}
+
+
+def test_a_pass_counts_at_the_first_record_of_its_epoch_after_it() -> None:
+    """A leader that took over at seq 5 and enabled at once (pass at 5, a record of
+    the leader before it): the pass counts at its own first record."""
+    records = [(4, 2, DS, _v("drained")), (5, 2, DS, _v("drained-too")), (6, 3, DS, _v("live"))]
+    assert _run({3: 5}, records) == {"live"}
