@@ -91,6 +91,7 @@ class HotStandby:
         self.followed_at: float | None = None  # wall clock of the last read of the log
         self.log_seq = 0  # the last seq the persistor announced (or the replica read)
         self._dropped_seed: int | None = None  # the snapshot of the replica last dropped
+        self._seed_aged = (0.0, 0.0)  # the seed snapshot's age when loaded, and when that was
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
@@ -207,6 +208,7 @@ class HotStandby:
         gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
         self.processor = processor
         self.seed_id, self.seed_epoch, self.seed_seq = snap.id, snap.epoch, snap.snapshot_seq
+        self._seed_aged = (snap.age_s, time.monotonic())
         self.last_seq, self.last_epoch = snap.snapshot_seq, None
         self.log_seq = max(self.log_seq, snap.snapshot_seq)
         self.dirty = {}
@@ -298,6 +300,11 @@ class HotStandby:
         processor, self.processor = self.processor, None
         self.state = "handed over"
         return processor
+
+    def seed_age_s(self) -> float:
+        """How old the snapshot the replica was seeded from is now."""
+        age, at = self._seed_aged
+        return age + time.monotonic() - at
 
     def lag(self) -> int | None:
         """Records committed (as announced) that the replica has not applied; None

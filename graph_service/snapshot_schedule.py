@@ -6,7 +6,8 @@ after each snapshot was stored would leave a window, every cycle, in which the
 newest one is just too old (the interval plus the time to take the next one), and
 after a takeover the snapshot it loaded may already be nearly that old. So the
 active takes one as soon as it is active, then each time the last one it stored
-reaches ``DUE_AT`` of the interval, and retries a failed one after ``RETRY_AT``.
+reaches ``DUE_AT`` of the interval (earlier if taking one takes longer than that
+margin allows), and retries a failed one after ``RETRY_AT``.
 
 The snapshot is the state at one record boundary (``snapshot_seq``): the fork
 happens synchronously between two messages. It is stored only once every record
@@ -36,9 +37,13 @@ DUE_AT = 0.9  # of SNAPSHOT_INTERVAL: the margin covers taking and storing the n
 RETRY_AT = 0.1  # of SNAPSHOT_INTERVAL, after a failed snapshot
 
 
-def next_wait(interval: float, stored: int | None) -> float:
-    """Seconds until the next snapshot, after one was stored (its id) or failed (None)."""
-    return interval * (DUE_AT if stored is not None else RETRY_AT)
+def next_wait(interval: float, stored: int | None, took_s: float = 0.0) -> float:
+    """Seconds until the next snapshot, after one was stored (its id) or failed (None);
+    ``took_s``: how long the last one took, from start to stored (the next one should
+    be stored before the last is ``interval`` old, with room to spare)."""
+    if stored is None:
+        return interval * RETRY_AT
+    return max(0.0, interval - max(interval * (1 - DUE_AT), 2 * took_s))
 
 
 class SnapshotSchedule:
@@ -62,7 +67,9 @@ class SnapshotSchedule:
             self._now.clear()
             if self.svc.stopped.is_set():
                 return
-            wait = next_wait(interval, await self.take_one())
+            started = time.monotonic()
+            stored = await self.take_one()
+            wait = next_wait(interval, stored, time.monotonic() - started)
 
     async def take_one(self) -> int | None:
         """Take, wait for the records it covers to be confirmed, store. Returns the id."""

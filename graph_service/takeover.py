@@ -259,6 +259,7 @@ class Takeover:
         report.snapshot_id = standby.seed_id
         report.snapshot_seq = standby.seed_seq
         report.snapshot_epoch = standby.seed_epoch
+        report.snapshot_age_s = round(standby.seed_age_s(), 3)  # no limit: the replica is current
         report.extra["hot_standby"] = {"applied": standby.applied, "last_seq": standby.last_seq}
         after = standby.last_seq
         svc.processor = standby.hand_over()
@@ -281,8 +282,9 @@ class Takeover:
             recent_capacity=self.settings.recent_event_ids,
         )
         svc.evaluation.dirty.clear()
-        for name in ("snapshot_id", "snapshot_seq", "snapshot_epoch", "replay_s", "replay_rate"):
+        for name in ("snapshot_id", "snapshot_seq", "snapshot_epoch", "snapshot_age_s"):
             setattr(report, name, None)
+        report.replay_s = report.replay_rate = None
         report.replayed = report.replay_skipped_stale = 0
         report.extra.pop("hot_standby", None)
 

@@ -347,6 +347,7 @@ async def test_a_hot_takeover_ends_as_a_cold_one_would(
     assert await hot._recover_from_log(hot_report, standby) == 55
     assert await cold._recover_from_log(cold_report, None) == 55
     assert (hot_report.mode, hot_report.replayed) == ("hot", 15)
+    assert hot_report.snapshot_seq == 30 and 0 <= (hot_report.snapshot_age_s or -1) < 60
     assert (cold_report.mode, cold_report.replayed) == ("snapshot", 25)
     assert same_graph(hot.svc.processor, cold.svc.processor)
     assert same_graph(hot.svc.processor, leader.processor)

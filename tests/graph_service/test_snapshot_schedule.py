@@ -15,3 +15,10 @@ def test_the_next_snapshot_is_due_before_the_last_one_is_too_old() -> None:
 
 def test_a_failed_snapshot_is_retried_sooner() -> None:
     assert next_wait(600.0, stored=None) < next_wait(600.0, stored=7) / 5
+
+
+def test_a_slow_snapshot_is_started_early_enough() -> None:
+    """When taking one takes longer than the margin allows, start the next earlier."""
+    assert next_wait(600.0, stored=7, took_s=5.0) == next_wait(600.0, stored=7)
+    assert next_wait(600.0, stored=7, took_s=100.0) == 400.0
+    assert next_wait(10.0, stored=7, took_s=30.0) == 0.0
