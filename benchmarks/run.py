@@ -6,7 +6,7 @@ Runs, each in its own process (clean memory numbers, one failure does not stop
 the others): ``processor`` (benchmarks/processor_bench.py), ``snapshot``
 (benchmarks/snapshot_bench.py), ``persistor_backlog`` and ``persistor_live``
 (tests/persistor_service/bench_persistor.py) and ``failover`` (the
-``failover-bench`` command: fresh vs snapshot failover at 10k and 100k vertices,
+``failover-bench`` command: fresh vs snapshot vs hot-standby failover at 10k and 100k vertices,
 end-to-end throughput with persistency on and off, memory). Their progress goes
 to stderr; the document goes to stdout and to ``bench-results/latest.json``.
 Exit status 1 when a benchmark failed (its entry then says why).

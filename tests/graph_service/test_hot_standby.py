@@ -123,12 +123,28 @@ async def started_leader(conn: asyncpg.Connection) -> tuple[Leader, int]:
     return leader, epoch
 
 
-async def test_seeds_from_the_snapshot_and_follows_each_commit(
-    conn: asyncpg.Connection, standby: HotStandby
-) -> None:
+async def following(conn: asyncpg.Connection, standby: HotStandby) -> tuple[Leader, int]:
+    """A leader with a snapshot at seq 30, and the standby's replica seeded from it."""
     leader, epoch = await started_leader(conn)
     standby.start()
     await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    return leader, epoch
+
+
+async def stopped_at_40(conn: asyncpg.Connection, standby: HotStandby) -> tuple[Leader, int]:
+    """A replica that followed the log to seq 40 and was stopped, as a takeover stops it."""
+    leader, epoch = await started_leader(conn)
+    standby.start()
+    await leader.commit(leader.rows(10, epoch))
+    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
+    await standby.close()
+    return leader, epoch
+
+
+async def test_seeds_from_the_snapshot_and_follows_each_commit(
+    conn: asyncpg.Connection, standby: HotStandby
+) -> None:
+    leader, epoch = await following(conn, standby)
     assert standby.seed_seq == 30 and standby.seed_epoch == epoch
     for target in (70, 110, 150):
         await leader.commit(leader.rows(40, epoch))
@@ -150,11 +166,7 @@ async def test_seeds_from_the_snapshot_and_follows_each_commit(
 
 
 async def test_takeover_judges_the_replica(conn: asyncpg.Connection, standby: HotStandby) -> None:
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await leader.commit(leader.rows(10, epoch))
-    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
-    await standby.close()
+    leader, epoch = await stopped_at_40(conn, standby)
     assert standby.state == "stopped"
     me = await leader.epoch()
     assert await standby.usable(conn, me, 40) is None
@@ -177,9 +189,7 @@ async def test_takeover_judges_the_replica(conn: asyncpg.Connection, standby: Ho
 async def test_a_fresh_start_after_the_seed_drops_the_replica(
     conn: asyncpg.Connection, standby: HotStandby
 ) -> None:
-    leader, _ = await started_leader(conn)
-    standby.start()
-    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    leader, _ = await following(conn, standby)
     # A new leader starts fresh (its barrier timed out, say) and logs from seq 30 on.
     fresh = Leader(conn, Processor(recent_capacity=10_000), seq=leader.seq)
     fresh_epoch = await fresh.epoch()
@@ -201,9 +211,7 @@ async def test_a_fresh_start_after_the_seed_drops_the_replica(
 async def test_a_hole_in_the_log_drops_the_replica(
     conn: asyncpg.Connection, standby: HotStandby
 ) -> None:
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    leader, epoch = await following(conn, standby)
     rows = leader.rows(10, epoch)
     await leader.commit(rows[:4] + rows[5:])  # seq 35 never reached the log
     await wait_for(lambda: standby.processor is None, what="the replica dropped")
@@ -230,9 +238,7 @@ async def test_a_failure_while_applying_drops_the_replica(
     conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A replica half-way through a record is not a graph to take over with."""
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    leader, epoch = await following(conn, standby)
     assert standby.processor is not None
 
     def broken(*_: object) -> None:
@@ -273,9 +279,7 @@ async def test_a_fresh_leaders_snapshot_seeds_even_below_an_older_epochs_seq(
 async def test_a_corrupt_newer_snapshot_does_not_bring_back_the_dropped_one(
     conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await wait_for(lambda: standby.state == "following", what="the replica seeded")
+    leader, epoch = await following(conn, standby)
     rows = leader.rows(10, epoch)
     await leader.commit(rows[:4] + rows[5:])  # a hole at seq 35
     await wait_for(lambda: standby.processor is None, what="the replica dropped")
@@ -335,11 +339,7 @@ async def test_a_hot_takeover_ends_as_a_cold_one_would(
     """Records committed after the replica's last read are replayed onto it: the same
     graph and the same vertices to evaluate as from the snapshot and the whole log."""
     schema = await conn.fetchval("SELECT current_schema()")
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await leader.commit(leader.rows(10, epoch))
-    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
-    await standby.close()
+    leader, epoch = await stopped_at_40(conn, standby)
     await leader.commit(leader.rows(15, epoch), notify=False)  # after its last read
     me = await leader.epoch()
     hot, cold = takeover_of(pool, schema, me), takeover_of(pool, schema, me)
@@ -358,11 +358,7 @@ async def test_a_hole_after_the_replica_falls_back_to_a_snapshot_not_to_fresh(
     conn: asyncpg.Connection, pool: asyncpg.Pool, standby: HotStandby
 ) -> None:
     schema = await conn.fetchval("SELECT current_schema()")
-    leader, epoch = await started_leader(conn)
-    standby.start()
-    await leader.commit(leader.rows(10, epoch))
-    await wait_for(lambda: standby.last_seq == 40, what="the replica at seq 40")
-    await standby.close()
+    leader, epoch = await stopped_at_40(conn, standby)
     rows = leader.rows(10, epoch)  # 41..50, of which 45 never reaches the log
     await leader.snapshot(epoch)  # at 50: after the hole
     rows += leader.rows(10, epoch)  # 51..60
