@@ -99,13 +99,14 @@ class Takeover:
             return None
         standby: HotStandby | SnapshotPreloader
         if s.hot_standby:
+            every = interval if interval > 0 else 2.0
             config = StandbyConfig(
                 dsn=s.database_url,
                 schema=s.db_schema,
                 hmac_key=self._hmac_key(),
                 max_snapshot_age_s=s.snapshot_interval,
-                poll_interval=interval if interval > 0 else 2.0,
-                retry_interval=interval if interval > 0 else 2.0,
+                poll_interval=every,
+                retry_interval=every,
                 min_time_to_delete=s.min_time_to_delete,
                 recent_capacity=s.recent_event_ids,
             )
