@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from rca_common.records import KIND_BARRIER, KIND_EVENT, LogRecord
+from rca_common.records import (
+    FRAMED,
+    KIND_BARRIER,
+    KIND_EVENT,
+    LogRecord,
+    MalformedFrame,
+    iter_frames,
+)
 
 BIGINT_MAX = 2**63 - 1
 
@@ -28,6 +35,8 @@ class MalformedRecords(ValueError):
 
 def parse_message(body: bytes) -> list[LogRecord]:
     """The records of one message, in order; raises :class:`MalformedRecords`."""
+    if body.startswith(FRAMED):
+        return _parse_frames(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -66,6 +75,29 @@ def _record(index: int, data: Any) -> LogRecord:
     if not ok:
         raise MalformedRecords(f"record {index}: {_why(data)}")
     return LogRecord(seq, epoch, processed_at, event, changes, kind)  # type: ignore[arg-type]
+
+
+def _parse_frames(body: bytes) -> list[LogRecord]:
+    """A framed message: the header fields are checked as a JSON record's are; the
+    body is kept as bytes (the log stores it as is), checked only for its outline."""
+    out: list[LogRecord] = []
+    try:
+        for i, (kind, seq, epoch, processed_at, event_id, raw) in enumerate(iter_frames(body)):
+            if not (0 <= seq <= BIGINT_MAX and 0 <= epoch <= BIGINT_MAX):
+                raise MalformedRecords(f"record {i}: seq and epoch must be in [0, 2^63)")
+            if kind == KIND_EVENT:
+                if seq < 1:
+                    raise MalformedRecords(f"record {i}: an event's seq starts at 1")
+                if not event_id or "\x00" in event_id:
+                    raise MalformedRecords(
+                        f"record {i}: event id must be a non-empty string without NUL"
+                    )
+                if not (raw.startswith(b'{"event":{') and raw.endswith(b"}")):
+                    raise MalformedRecords(f"record {i}: body is not an event and its changes")
+            out.append(LogRecord(seq, epoch, processed_at, {"event_id": event_id}, [], kind, raw))
+    except MalformedFrame as exc:
+        raise MalformedRecords(str(exc)) from None
+    return out
 
 
 def _why(data: dict[str, Any]) -> str:

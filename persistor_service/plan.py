@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import orjson
-
 from rca_common.records import KIND_BARRIER, LogRecord
 
 # One ``events`` row: (seq, epoch, processed_at, event_id, record bytes).
@@ -79,8 +77,13 @@ class BatchPlan:
 
 
 def to_row(record: LogRecord) -> Row:
-    body = orjson.dumps({"event": record.event, "changes": record.changes})
-    return (record.seq, record.epoch, float(record.processed_at), record.event["event_id"], body)
+    return (
+        record.seq,
+        record.epoch,
+        float(record.processed_at),
+        record.event["event_id"],
+        record.logged(),
+    )
 
 
 def plan_batch(state: LogState, records: list[LogRecord]) -> BatchPlan:

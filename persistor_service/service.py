@@ -359,12 +359,13 @@ class PersistorService:
         seen: set[str] = set()
         events = []
         for record in zombies:
-            event_id = record.event["event_id"]
-            if record.event.get("entity_type") == "vitrage":
+            event = record.input_event()
+            if event.get("entity_type") == "vitrage":
                 continue
+            event_id = event["event_id"]
             if event_id not in seen:
                 seen.add(event_id)
-                events.append(record.event)
+                events.append(event)
         assert self._publish_channel is not None
         exchange = self._publish_channel.default_exchange
         for i in range(0, len(events), REQUEUE_CHUNK):

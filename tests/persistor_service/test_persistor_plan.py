@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
 from persistor_service.parsing import MalformedRecords, parse_message
-from persistor_service.plan import Discontinuity, LogState, plan_batch
+from persistor_service.plan import Discontinuity, LogState, plan_batch, to_row
 from rca_common.records import encode_records
 from tests.persistor_service.conftest import barrier, rec, recs
 
@@ -107,5 +109,37 @@ def test_parse_accepts_an_array_or_a_single_record() -> None:
     ],
 )
 def test_parse_rejects_what_postgres_or_the_log_could_not_take(body: bytes, reason: str) -> None:
+    with pytest.raises(MalformedRecords, match=reason):
+        parse_message(body)
+
+
+def test_a_framed_message_is_parsed_without_its_json() -> None:
+    """The persistor keeps each framed record's body as bytes, exactly what the log
+    stores, and reads the header fields only."""
+    records = [*recs(1, 2), barrier(3), rec(3, epoch=3)]
+    parsed = parse_message(encode_records(records))
+    assert [(r.kind, r.seq, r.epoch) for r in parsed] == [(r.kind, r.seq, r.epoch) for r in records]
+    for got, sent in zip(parsed, records, strict=True):
+        if sent.kind == "event":
+            assert got.body == orjson.dumps({"event": sent.event, "changes": sent.changes})
+            assert to_row(got) == to_row(sent)
+            assert got.input_event() == sent.event
+        else:
+            assert got.body == b""
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda b: b[:-3], "truncated"),
+        (lambda b: b + b"\x01\x02", "truncated header"),
+        (lambda b: b.replace(b"ev-1-1", b"ev\x00-1-"), "without NUL"),
+        (lambda b: b.replace(b'{"event":{', b'["event",{'), "body is not an event"),
+    ],
+)
+def test_a_bad_frame_rejects_the_whole_message(
+    mangle: Callable[[bytes], bytes], reason: str
+) -> None:
+    body = mangle(encode_records(recs(1, 2)))
     with pytest.raises(MalformedRecords, match=reason):
         parse_message(body)
