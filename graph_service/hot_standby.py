@@ -93,6 +93,7 @@ class HotStandby:
         self._dropped_seed: int | None = None  # the snapshot of the replica last dropped
         self._seed_aged = (0.0, 0.0)  # the seed snapshot's age when loaded, and when that was
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
 
@@ -102,17 +103,23 @@ class HotStandby:
 
     async def close(self) -> None:
         """Stop following. Safe at any await: the replica's counters advance record by
-        record (:meth:`_applied`), and a seed is installed in one step."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        record (:meth:`_applied`), and a seed is installed in one step.
+
+        A cancellation can be turned into another error on its way out (asyncpg
+        releasing a connection whose query was cancelled raises its own): the task
+        then sees a database error, not a cancellation. So the loop also checks a
+        flag, and the task is cancelled again until it is done."""
+        self._closing = True
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         await self._close_listener()
         if self.state != "handed over":
             self.state = "stopped"
 
     async def run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()  # before reading: a notice during the read is not lost
             began = time.monotonic()
             await self._ensure_listener()
@@ -122,12 +129,18 @@ class HotStandby:
                 if self.processor is not None:
                     await self.follow()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if self._closing:  # a cancellation in disguise (see close)
+                    return
                 log.warning("hot standby: database unreachable, will retry", error=repr(exc))
                 await self._close_listener()
             except Exception as exc:  # a bug: the replica may be half-way through a record
+                if self._closing:  # cancelled at an await: between records, not inside one
+                    return
                 log.error("hot standby: failed", exc_info=exc)
                 if self.processor is not None:
                     self.drop(f"failed: {exc!r}")
+            if self._closing:
+                return
             if self.processor is None or self._listener is None:
                 # Not following, or no notices: try again after a while, not on every
                 # commit notice (a seed may cost a whole snapshot's decode).

@@ -4,6 +4,7 @@ history changes under it, and judged at takeover."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -372,3 +373,25 @@ async def test_a_hole_after_the_replica_falls_back_to_a_snapshot_not_to_fresh(
     assert "hot_standby" not in report.extra
     assert standby.processor is None and standby.state == "not used"
     assert same_graph(takeover.svc.processor, leader.processor)
+
+
+async def test_close_stops_a_standby_whose_cancellation_turned_into_an_error(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg can raise its own error while unwinding a cancelled query: the takeover
+    must not wait forever for a standby that swallowed its cancellation."""
+    leader, epoch = await following(conn, standby)
+    reading = asyncio.Event()
+
+    async def follow_that_hides_its_cancellation() -> None:
+        reading.set()
+        try:
+            await asyncio.Event().wait()  # a read of the log, in flight
+        except asyncio.CancelledError:
+            raise asyncpg.InterfaceError("cannot release a connection: it is busy") from None
+
+    monkeypatch.setattr(standby, "follow", follow_that_hides_its_cancellation)
+    await leader.commit(leader.rows(1, epoch))  # a commit notice: it reads
+    await asyncio.wait_for(reading.wait(), 10)
+    await asyncio.wait_for(standby.close(), 10)
+    assert standby.state == "stopped" and standby.processor is not None  # still the replica
