@@ -54,6 +54,7 @@ NO_END = 2**63 - 1  # replay "to the end of the log"
 # At most one read of the log per this many seconds: under load the persistor commits
 # far more often, and a read per commit would cost PostgreSQL more than the records.
 FOLLOW_SPACING = 0.05
+CLOSE_TIMEOUT = 5.0  # seconds a takeover waits for the standby's task to stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +112,17 @@ class HotStandby:
         flag, and the task is cancelled again until it is done."""
         self._closing = True
         task, self._task = self._task, None
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         while task is not None and not task.done():
+            if time.monotonic() > deadline:
+                # Stuck in an await that ignores cancellation: it may still touch the
+                # replica, so the takeover must not use it (it takes the snapshot path).
+                log.error("hot standby: did not stop; its replica is not used")
+                self.processor = None
+                self.reason = f"the standby did not stop within {CLOSE_TIMEOUT:g}s"
+                break
             task.cancel()
-            await asyncio.wait({task}, timeout=1.0)
+            await asyncio.wait({task}, timeout=0.5)
         await self._close_listener()
         if self.state != "handed over":
             self.state = "stopped"

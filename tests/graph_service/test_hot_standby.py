@@ -5,6 +5,7 @@ history changes under it, and judged at takeover."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from graph_service import snapshots
+from graph_service import hot_standby, snapshots
 from graph_service.evaluation import Evaluation
 from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.processor import Processor
@@ -395,3 +396,31 @@ async def test_close_stops_a_standby_whose_cancellation_turned_into_an_error(
     await asyncio.wait_for(reading.wait(), 10)
     await asyncio.wait_for(standby.close(), 10)
     assert standby.state == "stopped" and standby.processor is not None  # still the replica
+
+
+async def test_a_standby_that_cannot_be_stopped_gives_up_its_replica(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An await that ignores cancellation must not stall the takeover, nor hand it a
+    replica that the stuck task could still change."""
+    leader, epoch = await following(conn, standby)
+    reading = asyncio.Event()
+
+    released = asyncio.Event()
+
+    async def stuck_follow() -> None:
+        reading.set()
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    monkeypatch.setattr(hot_standby, "CLOSE_TIMEOUT", 0.5)
+    monkeypatch.setattr(standby, "follow", stuck_follow)
+    await leader.commit(leader.rows(1, epoch))
+    await asyncio.wait_for(reading.wait(), 10)
+    await asyncio.wait_for(standby.close(), 10)
+    assert standby.processor is None
+    assert await standby.usable(conn, epoch + 1, leader.seq) == (
+        "the standby did not stop within 0.5s"
+    )
+    released.set()  # let the stuck task end with the test
