@@ -524,33 +524,31 @@ class SnapshotStore:
         quiet: bool = False,
     ) -> str | None:
         """Why a snapshot is not even fetched (logged here unless ``quiet``), or None."""
-        fields = info.log_fields()
+        fields: dict[str, Any] = info.log_fields()
         if min_epoch is not None and info.epoch < min_epoch:
             reason = f"taken before epoch {min_epoch} started fresh"
-            if not quiet:
-                log.info("snapshot not used", reason=reason, **fields)
-            return reason
-        if max_age_s is not None and info.age_s > max_age_s:
+            level, event = "info", "snapshot not used"
+        elif max_age_s is not None and info.age_s > max_age_s:
             reason = f"too old: {info.age_s:.1f}s > SNAPSHOT_INTERVAL {max_age_s:g}s"
-            if not quiet:
-                log.info("snapshot not used", reason=reason, **fields)
-            return reason
-        if max_seq is not None and info.snapshot_seq > max_seq:
-            if not quiet:
-                log.error(
-                    "snapshot ahead of the event log",
-                    error=ConsistencyError.__name__,
-                    message=ahead_of_log_message(info, max_seq),
-                    max_seq=max_seq,
-                    **fields,
-                )
-            return f"ahead of the log: seq {info.snapshot_seq} > log end {max_seq}"
-        if info.format_version != FORMAT_VERSION:
+            level, event = "info", "snapshot not used"
+        elif max_seq is not None and info.snapshot_seq > max_seq:
+            reason = f"ahead of the log: seq {info.snapshot_seq} > log end {max_seq}"
+            level, event = "error", "snapshot ahead of the event log"
+            fields.update(
+                error=ConsistencyError.__name__,
+                message=ahead_of_log_message(info, max_seq),
+                max_seq=max_seq,
+            )
+        elif info.format_version != FORMAT_VERSION:
             reason = f"format version {info.format_version}, this build reads {FORMAT_VERSION}"
-            if not quiet:
-                log.warning("snapshot not used", reason=reason, **fields)
-            return reason
-        return None
+            level, event = "warning", "snapshot not used"
+        else:
+            return None
+        if not quiet:
+            if event == "snapshot not used":
+                fields["reason"] = reason
+            getattr(log, level)(event, **fields)
+        return reason
 
     async def _try_load(
         self, info: SnapshotInfo, hmac_key: bytes | None, in_thread: bool, skipped: list[str]
