@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import asyncpg
 
 from graph_service.evaluation import ReplayDirt
+from graph_service.gc_policy import freeze_heap
 from graph_service.processor import Processor
 from graph_service.recovery import (
     RecoveryReport,
@@ -227,7 +227,7 @@ class HotStandby:
             self.reason = f"snapshot {snap.id}: {exc!r}"
             self.state = "waiting for a newer snapshot"
             return False
-        gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
+        freeze_heap("hot standby: replica seeded")
         self.processor = processor
         self.seed_id, self.seed_epoch, self.seed_seq = snap.id, snap.epoch, snap.snapshot_seq
         self._seed_aged = (snap.age_s, time.monotonic())

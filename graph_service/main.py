@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from graph_service import crashpoints
+from graph_service import crashpoints, gc_policy
 from graph_service.service import GraphService
 from rca_common.runner import run_service, stop_on_signals
 from rca_common.settings import Settings
 
 
 async def serve(settings: Settings) -> int:
+    gc_policy.configure()
     service = GraphService(settings)
     stop_on_signals(service.stopped)
     try:

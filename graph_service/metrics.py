@@ -49,6 +49,14 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "rca_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (2: full).",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self._gc_children = [self.gc_pause.labels(str(g)) for g in range(3)]
         self.active = Gauge("rca_active", "1 when this instance is the active one.", registry=r)
         self.standby_lag = Gauge(
             "rca_hot_standby_lag_records",
@@ -56,3 +64,6 @@ class Metrics:
             " applied yet (-1: no replica).",
             registry=r,
         )
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self._gc_children[generation].observe(seconds)

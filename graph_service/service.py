@@ -21,6 +21,7 @@ from aiohttp import web
 
 from graph_service.entity_graph import EntityGraph
 from graph_service.evaluation import Evaluation
+from graph_service.gc_policy import GcTimer
 from graph_service.hot_standby import HotStandby
 from graph_service.http_api import create_app
 from graph_service.ingest import Ingest
@@ -49,6 +50,7 @@ class GraphService:
         self.settings = settings
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
+        self.gc_timer = GcTimer(self.metrics.observe_gc)
         self.processor = Processor(
             min_time_to_delete=settings.min_time_to_delete,
             recent_capacity=settings.recent_event_ids,
@@ -112,6 +114,7 @@ class GraphService:
             "snapshot": self.snapshot_state,
             "end_snapshots": dict(ingest.end_snapshots) if ingest else {},
             "persistency": self.settings.enable_persistency,
+            "gc": self.gc_timer.status(),
             **({self.standby.STATUS_KEY: self.standby.status()} if self.standby else {}),
         }
 
@@ -266,4 +269,5 @@ class GraphService:
                 await asyncio.wait_for(self.pool.close(), 5)
         if self.connection is not None:
             await self.connection.close()
+        self.gc_timer.close()
         self.lifecycle.enter(Phase.STOPPED, exit_code=self.exit_code)

@@ -8,7 +8,9 @@ awaits the child's exit through a pidfd. The loop's pause is the fork itself
 seconds that pickling and compressing take. Copy-on-write costs memory instead: the
 child touches every object's reference count, so up to the graph's size is
 copied while it runs. ``gc.freeze()`` keeps the parent's collector from
-writing to the old objects (and copying their pages) until the child is done.
+writing to the old objects (and copying their pages) until the child is done; a
+heap that was frozen before stays frozen afterwards (the service keeps its
+long-lived heap frozen: see :mod:`gc_policy`), one that was not is unfrozen.
 
 The child keeps only the result file and stdio: every inherited socket (the
 leader-lock connection above all) is closed in the child, so a parent killed
@@ -41,6 +43,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
+from graph_service.gc_policy import freeze_heap
 from graph_service.snapshot_codec import (
     FORMAT_VERSION,
     EncodedSnapshot,
@@ -123,8 +126,10 @@ async def take_snapshot_inline(
     return TakenSnapshot(encoded, "inline", pause, time.perf_counter() - t0)
 
 
-# Forked children still running: the parent's objects stay frozen until the last ends.
+# Forked children still running: the parent's objects stay frozen until the last ends,
+# and after it too if the heap was frozen before the first one began.
 _children_running = 0
+_unfreeze_after_children = False
 
 
 async def take_snapshot_in_child(
@@ -135,7 +140,7 @@ async def take_snapshot_in_child(
     ``state_fn`` runs in the child only: it must not touch the event loop.
     Cancelling the await kills the child.
     """
-    global _children_running
+    global _children_running, _unfreeze_after_children
     if not FORK_AVAILABLE:
         raise SnapshotError("os.fork is not available on this platform")
     t0 = time.perf_counter()
@@ -145,6 +150,8 @@ async def take_snapshot_in_child(
         raise SnapshotError(f"cannot create the snapshot result file: {exc}") from exc
     try:
         parent = os.getpid()
+        if _children_running == 0:
+            _unfreeze_after_children = gc.get_freeze_count() == 0
         gc.freeze()
         _children_running += 1
         try:
@@ -170,7 +177,7 @@ async def take_snapshot_in_child(
 
 
 def _maybe_unfreeze() -> None:
-    if _children_running == 0:
+    if _children_running == 0 and _unfreeze_after_children:
         gc.unfreeze()
 
 
@@ -659,7 +666,7 @@ class SnapshotPreloader:
         if loaded is not None:
             self.loaded = loaded
             self.loads += 1
-            gc.freeze()  # long-lived and acyclic: the collector need not walk it (see takeover)
+            freeze_heap("standby: snapshot preloaded")
             log.info("standby: snapshot preloaded", **infos[0].log_fields())
         return self.loaded
 

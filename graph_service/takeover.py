@@ -7,7 +7,6 @@ snapshot, replay; or fresh get_all) → draining (the live queue) → active.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import asyncpg
 
 from graph_service import crashpoints
 from graph_service.evaluation import ReplayDirt
+from graph_service.gc_policy import freeze_heap
 from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
@@ -83,6 +83,7 @@ class Takeover:
             ingest, f"{report.mode}/{svc.epoch}", whole_graph=report.mode == "fresh"
         )
         await self._record_evaluators_enabled(ingest.seq)
+        freeze_heap(f"active ({report.mode})")  # the graph is built: see gc_policy
         svc.lifecycle.enter(
             Phase.ACTIVE, mode=report.mode, vertices=len(svc.graph), last_seq=ingest.seq
         )
@@ -234,9 +235,8 @@ class Takeover:
             svc.processor.import_state(snap.state["processor"])
             # The graph was unpickled with the collector paused: its millions of objects
             # are all "young", and the next collections would walk every one of them in
-            # the middle of replay (measured: half of the replay time). It is long-lived
-            # data without cycles: move it out of the collector's sight.
-            gc.freeze()
+            # the middle of replay (measured: half of the replay time).
+            freeze_heap("snapshot restored")
             dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn))
             crashpoints.hit("replay")  # the drill's kill in recovery
             try:

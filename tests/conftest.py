@@ -7,12 +7,13 @@ gets its own queue, exchange and schema names, and removes them afterwards.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def unique_env(tag: str = "t") -> dict[str, str]:
 
 def settings_from(env: dict[str, str]) -> Settings:
     return load_settings(**{k.lower(): v for k, v in env.items()})
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """Code under test may freeze the heap (graph_service/gc_policy.py): each test
+    starts with a heap the collector sees in full."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from collector_stub.topology import TopologyConfig, generate_topology
+from graph_service.gc_policy import GEN0_THRESHOLD
 from tests.conftest import Processes, wait_http
 
 pytestmark = pytest.mark.integration
@@ -63,3 +64,7 @@ async def test_get_all_builds_exactly_the_generated_topology(
     assert status["get_all"]["entities"] == expected.total()
     assert status["phase"] == "active"
     assert status["evaluators"]["enabled"]
+    # The process runs the collector policy of graph_service/gc_policy.py: the built
+    # graph was frozen when the service went active.
+    assert status["gc"]["threshold"][0] == GEN0_THRESHOLD
+    assert status["gc"]["frozen_objects"] > len(topo["vertices"])

@@ -499,3 +499,16 @@ async def test_preloader_runs_until_stopped(conn: asyncpg.Connection, pool: asyn
     finally:
         await asyncio.wait_for(preloader.close(), 5)
     assert preloader._task is not None and preloader._task.done()
+
+
+@needs_fork
+async def test_a_frozen_heap_stays_frozen_after_a_forked_snapshot(processor: Processor):
+    """The service keeps its long-lived heap frozen (gc_policy); the snapshot's own freeze
+    must not undo that. An unfrozen heap is unfrozen again (the tests above)."""
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    late = [{"x": [i]} for i in range(500)]  # allocated after the freeze: walked until the fork
+    taken = await take_snapshot_in_child(processor.export_state, KEY)
+    assert taken.mode == "fork"
+    assert gc.get_freeze_count() >= frozen + len(late)
+    assert not {id(x) for x in late} & {id(o) for o in gc.get_objects()}

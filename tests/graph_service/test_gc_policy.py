@@ -1,0 +1,70 @@
+"""The graph service's use of the cyclic garbage collector (graph_service/gc_policy.py)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from graph_service import gc_policy
+from graph_service.gc_policy import GcTimer, freeze_heap
+from graph_service.metrics import Metrics
+
+
+@pytest.fixture
+def thresholds() -> Iterator[None]:
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+def test_configure_raises_only_the_young_threshold(thresholds: None) -> None:
+    gc.set_threshold(700, 11, 12)
+    gc_policy.configure()
+    assert gc.get_threshold() == (gc_policy.GEN0_THRESHOLD, 11, 12)
+
+
+def test_freeze_heap_moves_live_objects_out_of_the_collectors_sight() -> None:
+    kept = [{"n": [i]} for i in range(1000)]  # tracked: lists inside dicts
+
+    def walked() -> set[int]:  # what a full collection walks, by identity
+        return {id(o) for o in gc.get_objects()}
+
+    assert gc.get_freeze_count() == 0  # (tests/conftest.py unfreezes after each test)
+    assert id(kept[0]) in walked()
+    freeze_heap("test")
+    assert gc.get_freeze_count() >= len(kept)
+    assert not {id(x) for x in kept} & walked()
+    gc.unfreeze()
+    assert {id(x) for x in kept} <= walked()
+
+
+def test_timer_counts_and_reports_every_collection() -> None:
+    seen: list[tuple[int, float]] = []
+    timer = GcTimer(lambda generation, seconds: seen.append((generation, seconds)))
+    try:
+        gc.collect(0)
+        gc.collect()
+        assert timer.collections[0] >= 1 and timer.collections[2] >= 1
+        assert (2, timer.seconds[2]) == (2, sum(s for g, s in seen if g == 2))
+        assert all(s >= 0 for _, s in seen)
+        status = timer.status()
+        assert status["collections"] == timer.collections
+        assert status["threshold"] == list(gc.get_threshold())
+    finally:
+        timer.close()
+    before = list(timer.collections)
+    gc.collect()
+    assert timer.collections == before  # closed: no longer called
+
+
+def test_timer_feeds_the_pause_histogram() -> None:
+    metrics = Metrics()
+    timer = GcTimer(metrics.observe_gc)
+    try:
+        gc.collect()
+    finally:
+        timer.close()
+    count = metrics.registry.get_sample_value("rca_gc_pause_seconds_count", {"generation": "2"})
+    assert count is not None and count >= 1
