@@ -19,6 +19,8 @@ Not a test. Prints one JSON object::
   ``bare_networkx_interned_rss_mb`` is the same with every string interned;
 * ``rss_ratio``: ``graph_rss_mb / bare_networkx_rss_mb``.
 
+Throughput is measured under the service's garbage-collector policy
+(graph_service/gc_policy.py: the young threshold, and the built graph frozen).
 Each measurement runs in its own subprocess (``--child``) so that numbers do not
 include another phase's garbage. Everything is seeded: the same scale gives the
 same graph.
@@ -47,9 +49,11 @@ import networkx as nx  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
+from graph_service import gc_policy  # noqa: E402
 from graph_service.processor import Processor  # noqa: E402
 from graph_service.transformers import vertex_id  # noqa: E402
 from rca_common.events import Action, Event, decode_events, encode_events  # noqa: E402
+from rca_common.logging import setup_logging  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SEED = 20260101
@@ -267,6 +271,8 @@ class Synthetic:
 
 # ------------------------------------------------------------------ children
 def child_throughput(scale: float, updates: int, batch: int) -> dict[str, Any]:
+    setup_logging("warning")  # stdout carries the JSON result only
+    gc_policy.configure()  # the collector as the service runs it
     syn = Synthetic(scale)
     build = list(syn.build_events())
     p = Processor()
@@ -278,6 +284,7 @@ def child_throughput(scale: float, updates: int, batch: int) -> dict[str, Any]:
     del build
     upd = list(syn.update_events(updates))
     gc.collect()
+    gc_policy.freeze_heap("graph built")  # as when the service goes active
     t = time.perf_counter()
     for e in upd:
         p.process(e)

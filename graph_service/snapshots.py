@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from graph_service.gc_policy import freeze_heap
+from graph_service.gc_policy import freeze_heap, heap_frozen
 from graph_service.snapshot_codec import (
     FORMAT_VERSION,
     EncodedSnapshot,
@@ -151,7 +151,7 @@ async def take_snapshot_in_child(
     try:
         parent = os.getpid()
         if _children_running == 0:
-            _unfreeze_after_children = gc.get_freeze_count() == 0
+            _unfreeze_after_children = not heap_frozen()
         gc.freeze()
         _children_running += 1
         try:

@@ -7,7 +7,6 @@ gets its own queue, exchange and schema names, and removes them afterwards.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from failover_drill.cluster import free_port, isolated_names
+from graph_service import gc_policy
 from rca_common import db
 from rca_common.broker import BrokerTopology, delete_topology
 from rca_common.settings import Settings, load_settings
@@ -45,7 +45,7 @@ def _unfrozen_heap() -> Iterator[None]:
     """Code under test may freeze the heap (graph_service/gc_policy.py): each test
     starts with a heap the collector sees in full."""
     yield
-    gc.unfreeze()
+    gc_policy.thaw()
 
 
 @pytest.fixture

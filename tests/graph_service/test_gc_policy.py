@@ -31,12 +31,14 @@ def test_freeze_heap_moves_live_objects_out_of_the_collectors_sight() -> None:
     def walked() -> set[int]:  # what a full collection walks, by identity
         return {id(o) for o in gc.get_objects()}
 
-    assert gc.get_freeze_count() == 0  # (tests/conftest.py unfreezes after each test)
+    assert not gc_policy.heap_frozen()  # (tests/conftest.py thaws after each test)
     assert id(kept[0]) in walked()
     freeze_heap("test")
+    assert gc_policy.heap_frozen()
     assert gc.get_freeze_count() >= len(kept)
     assert not {id(x) for x in kept} & walked()
-    gc.unfreeze()
+    gc_policy.thaw()
+    assert not gc_policy.heap_frozen()
     assert {id(x) for x in kept} <= walked()
 
 

@@ -19,6 +19,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from graph_service import recovery, snapshots
+from graph_service.gc_policy import freeze_heap
 from graph_service.processor import Processor
 from graph_service.snapshot_codec import EncodedSnapshot, SnapshotError, decode, encode
 from graph_service.snapshots import (
@@ -505,7 +506,7 @@ async def test_preloader_runs_until_stopped(conn: asyncpg.Connection, pool: asyn
 async def test_a_frozen_heap_stays_frozen_after_a_forked_snapshot(processor: Processor):
     """The service keeps its long-lived heap frozen (gc_policy); the snapshot's own freeze
     must not undo that. An unfrozen heap is unfrozen again (the tests above)."""
-    gc.freeze()
+    freeze_heap("test")
     frozen = gc.get_freeze_count()
     late = [{"x": [i]} for i in range(500)]  # allocated after the freeze: walked until the fork
     taken = await take_snapshot_in_child(processor.export_state, KEY)
