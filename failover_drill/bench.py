@@ -503,11 +503,15 @@ def _timed_pass(process: Callable[[Any], Any], batch: list[dict[str, Any]]) -> d
 def processor_ceiling(size: str, events: int, evaluator_events: int) -> dict[str, Any]:
     """In one process, no broker: the same get_all and stream events, decoded from
     500-event bodies and processed, without and with the evaluator (as the service
-    runs it: disabled during get_all, a whole-graph pass, then per event)."""
+    runs it: disabled during get_all, a whole-graph pass, then per event; and under
+    its garbage-collector policy)."""
     from collector_stub.stream import StreamConfig, UpdateStream
     from collector_stub.topology import generate_topology
+    from graph_service import gc_policy
     from graph_service.evaluation import Evaluation
     from graph_service.processor import Processor
+
+    gc_policy.configure()
 
     def stream() -> UpdateStream:
         topo = generate_topology(SIZES[size], SEED)
@@ -516,9 +520,11 @@ def processor_ceiling(size: str, events: int, evaluator_events: int) -> dict[str
     plain = stream()
     snapshot = list(plain.snapshot()[0])
     processor = Processor()
+    get_all = _timed_pass(processor.process, snapshot)
+    gc_policy.freeze_heap("built")  # as the service does when it goes active
     out: dict[str, Any] = {
         "get_all_events": len(snapshot),
-        "get_all": _timed_pass(processor.process, snapshot),
+        "get_all": get_all,
         "stream_events": events,
         "stream": _timed_pass(processor.process, plain.take(events)),
     }
@@ -531,6 +537,7 @@ def processor_ceiling(size: str, events: int, evaluator_events: int) -> dict[str
     t0 = time.perf_counter()
     evaluation.enable(ingest, "bench-whole-graph", whole_graph=True)
     out["evaluator_whole_graph_s"] = round(time.perf_counter() - t0, 3)
+    gc_policy.freeze_heap("built and evaluated")
     updates = evaluated.take(evaluator_events)
     actions = ingest.action_events
     out["stream_with_evaluator_events"] = len(updates)
