@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rca_common.logging import get_logger
@@ -85,15 +86,19 @@ def thaw() -> None:
 class GcTimer:
     """Times every collection through ``gc.callbacks`` (installed until :meth:`close`).
 
-    ``observe(generation, seconds)``, when given, is called after each collection
-    (the service feeds its Prometheus histogram with it).
+    The callback only adds to plain lists: it runs inside whatever allocation
+    triggered the collection, possibly in code holding a lock, so it takes none.
+    :meth:`drain` hands the pauses to the caller's ``observe(generation, seconds)``
+    later (the service feeds its Prometheus histogram so, on each ``/metrics``).
     """
 
-    def __init__(self, observe: Any = None) -> None:
-        self._observe = observe
+    PENDING_MAX = 10_000  # pauses kept for drain() (nobody scraping); beyond, totals only
+
+    def __init__(self) -> None:
         self._started = 0.0
         self.collections = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+        self._pending: list[tuple[int, float]] = []
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
@@ -104,8 +109,14 @@ class GcTimer:
         generation = info["generation"]
         self.collections[generation] += 1
         self.seconds[generation] += took
-        if self._observe is not None:
-            self._observe(generation, took)
+        if len(self._pending) < self.PENDING_MAX:
+            self._pending.append((generation, took))
+
+    def drain(self, observe: Callable[[int, float], None]) -> None:
+        """Pass every pause recorded since the last drain to ``observe``."""
+        pending, self._pending = self._pending, []
+        for generation, seconds in pending:
+            observe(generation, seconds)
 
     def close(self) -> None:
         if self._callback in gc.callbacks:

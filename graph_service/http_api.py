@@ -165,6 +165,7 @@ def create_app(service: ServiceView) -> web.Application:
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
+        service.gc_timer.drain(service.metrics.observe_gc)  # pauses since the last scrape
         body = generate_latest(service.metrics.registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

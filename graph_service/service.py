@@ -50,7 +50,7 @@ class GraphService:
         self.settings = settings
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
-        self.gc_timer = GcTimer(self.metrics.observe_gc)
+        self.gc_timer = GcTimer()
         self.processor = Processor(
             min_time_to_delete=settings.min_time_to_delete,
             recent_capacity=settings.recent_event_ids,

@@ -68,3 +68,14 @@ async def test_get_all_builds_exactly_the_generated_topology(
     # graph was frozen when the service went active.
     assert status["gc"]["threshold"][0] == GEN0_THRESHOLD
     assert status["gc"]["heap_frozen"] is True
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        metrics = (await client.get(graph.url + "/metrics")).text
+    counts = {
+        row.split('"')[1]: float(row.rsplit(" ", 1)[1])
+        for row in metrics.splitlines()
+        if row.startswith("rca_gc_pause_seconds_count{")
+    }
+    assert set(counts) == {"0", "1", "2"}
+    # every pause the collector made before /status answered, drained by the scrape
+    assert sum(counts.values()) >= sum(status["gc"]["collections"])

@@ -44,29 +44,36 @@ def test_freeze_heap_moves_live_objects_out_of_the_collectors_sight() -> None:
 
 def test_timer_counts_and_reports_every_collection() -> None:
     seen: list[tuple[int, float]] = []
-    timer = GcTimer(lambda generation, seconds: seen.append((generation, seconds)))
+    timer = GcTimer()
     try:
         gc.collect(0)
         gc.collect()
-        assert timer.collections[0] >= 1 and timer.collections[2] >= 1
-        assert (2, timer.seconds[2]) == (2, sum(s for g, s in seen if g == 2))
-        assert all(s >= 0 for _, s in seen)
+        assert not seen  # the callback observes nothing itself: drain() does
         status = timer.status()
-        assert status["collections"] == timer.collections
         assert status["threshold"] == list(gc.get_threshold())
+        assert status["heap_frozen"] is False
     finally:
         timer.close()
-    before = list(timer.collections)
+    counted = list(timer.collections)
     gc.collect()
-    assert timer.collections == before  # closed: no longer called
+    assert timer.collections == counted  # closed: no longer called
+    assert counted[0] >= 1 and counted[2] >= 1
+    timer.drain(lambda generation, seconds: seen.append((generation, seconds)))
+    assert len(seen) == sum(counted)  # each pause once, with its generation
+    assert [sum(1 for g, _ in seen if g == n) for n in range(3)] == counted
+    assert timer.seconds[2] == pytest.approx(sum(s for g, s in seen if g == 2))
+    assert all(s >= 0 for _, s in seen)
+    timer.drain(lambda generation, seconds: seen.append((generation, seconds)))
+    assert len(seen) == sum(counted)  # drained: nothing twice
 
 
 def test_timer_feeds_the_pause_histogram() -> None:
     metrics = Metrics()
-    timer = GcTimer(metrics.observe_gc)
+    timer = GcTimer()
     try:
         gc.collect()
     finally:
         timer.close()
+    timer.drain(metrics.observe_gc)
     count = metrics.registry.get_sample_value("rca_gc_pause_seconds_count", {"generation": "2"})
     assert count is not None and count >= 1
