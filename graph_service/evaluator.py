@@ -96,15 +96,25 @@ def evaluation_trigger(event_id: str, when: datetime) -> Event:
 
 
 class _Plan:
-    """What one evaluation found: matches that hold and registry entries to re-check."""
+    """What one evaluation found: matches that hold and registry entries to re-check.
+
+    The graph does not change while a plan is made, so growing the same seed of the
+    same pattern twice finds nothing new: a vertex and the edges around it often
+    lead to the same seed (a new alarm on a host is both a vertex and an edge).
+    """
 
     def __init__(self, graph: EntityGraph, registry: ActionRegistry) -> None:
         self.graph = graph
         self.registry = registry
         self.found: dict[tuple[PatternId, str], tuple[Pattern, Binding]] = {}
         self.recheck: dict[Pair, None] = {}
+        self._grown: set[tuple[PatternId, frozenset[tuple[str, str]]]] = set()
 
     def grow(self, pattern: Pattern, seed: Binding) -> None:
+        key = (pattern.id, frozenset(seed.items()))
+        if key in self._grown:
+            return
+        self._grown.add(key)
         for binding in extend(self.graph, pattern, seed):
             self.found.setdefault((pattern.id, pattern.match_key(binding)), (pattern, binding))
 

@@ -100,7 +100,44 @@ def extend(graph: EntityGraph, pattern: Pattern, seed: Binding) -> Iterator[Bind
     for eid, vid in seed.items():
         if eid not in pattern.bound or not pattern.specs[eid](graph.vertex(vid)):
             return
+    if pattern.negated and _negation_fails_early(graph, pattern, seed):
+        return
     yield from _grow(graph, pattern, dict(seed))
+
+
+def _negation_fails_early(graph: EntityGraph, pattern: Pattern, seed: Binding) -> bool:
+    """Whether a negated relationship already fails for every match grown from ``seed``,
+    so that none need be grown (a host with an alarm on it: its instances need not be
+    walked to find that "NOT alarm [on] host" fails for each).
+
+    Exact: a negation with both sides bound fails when its edge is live; one with a
+    free side fails once a vertex matching the free side has a live edge to the bound
+    one *and* cannot be one of the match's own vertices (it is not in the seed and
+    matches no entity still unbound), since only the match's vertices are exempt.
+    """
+    unbound = [pattern.specs[e] for e in pattern.entities if e not in seed]
+    for rel in pattern.negated:
+        src, dst = seed.get(rel.source), seed.get(rel.target)
+        if src is not None and dst is not None:
+            if live_edge(graph, src, dst, rel.label):
+                return True
+            continue
+        if dst is not None and rel.source not in pattern.bound:
+            adjacency, free = graph.predecessors(dst), rel.source
+        elif src is not None and rel.target not in pattern.bound:
+            adjacency, free = graph.successors(src), rel.target
+        else:
+            continue  # decided only once more of the match is bound
+        spec = pattern.specs[free]
+        used = seed.values()
+        for other, keyed in adjacency.items():
+            edge = keyed.get(rel.label)
+            if edge is None or edge.get(IS_DELETED) or other in used:
+                continue
+            attrs = graph.vertex(other)
+            if spec(attrs) and not any(maybe(attrs) for maybe in unbound):
+                return True
+    return False
 
 
 def _grow(graph: EntityGraph, pattern: Pattern, binding: Binding) -> Iterator[Binding]:

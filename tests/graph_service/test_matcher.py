@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from graph_service import evaluator as evaluator_module
 from graph_service.entity_graph import EntityGraph
 from graph_service.matcher import Pattern, extend, holds
 from graph_service.processor import Processor
@@ -262,3 +265,68 @@ def test_matching_grows_from_the_seed_not_over_the_graph() -> None:
     found = list(extend(counting, pattern, {"instance": vid("nova.instance", "i7")}))  # type: ignore[arg-type]
     assert found == []  # h7 has no alarm
     assert len(counting.looked_at) <= 14, len(counting.looked_at)
+
+
+def test_a_failing_negation_is_seen_before_growing() -> None:
+    """Seeded from a host that has an alarm, "NOT alarm [on] host" fails for every match:
+    the host's instances are not walked."""
+    events = [host("h1", 0)]
+    events += [instance(f"i{n}", "h1", 0) for n in range(30)]
+    events += [alarm("prometheus", f"p{n}", "InstanceDown", "nova.instance", f"i{n}", 0)
+               for n in range(30)]  # fmt: skip
+    p = graph(*events)
+    [pattern] = patterns(template(NOT_TEMPLATE))
+    assert len(matches(p, pattern, {"host": H1})) == 30
+    p.process(alarm("aodh", "x1", "anything", "nova.host", "h1", 1))
+    counting = CountingGraph(p.graph)
+    assert list(extend(counting, pattern, {"host": H1})) == []  # type: ignore[arg-type]
+    # the host and its predecessors (the alarm): none of its 30 instances
+    assert not {v for v in counting.looked_at if v.startswith("nova")} - {H1}
+    assert not any(vid("nova.instance", f"i{n}") in counting.looked_at for n in range(30))
+
+
+def test_an_early_negation_spares_a_vertex_the_match_may_still_bind() -> None:
+    """``a [on] h and b [on] h and not c [on] h`` with a, b and c alike: from the seed
+    {h}, every alarm on h may still become a or b, so none defeats the negation early;
+    a third alarm does, once the match is complete (the full check decides)."""
+    text = """\
+    metadata: {version: 3, name: pair, type: standard}
+    entities:
+      a: {type: zabbix}
+      b: {type: zabbix}
+      c: {type: zabbix}
+      h: {type: nova.host}
+    scenarios:
+      - condition: a [on] h and b [on] h and not c [on] h
+        actions:
+          - mark_down: {target: h}
+    """
+    p = graph(host("h1", 0), host_alarm("a1", "h1", 0), host_alarm("a2", "h1", 0))
+    [pattern] = patterns(template(text))
+    assert matches(p, pattern, {"h": H1}) == [
+        {"a": A1, "b": A2, "h": H1},
+        {"a": A2, "b": A1, "h": H1},
+    ]
+    p.process(host_alarm("a3", "h1", 1))
+    assert matches(p, pattern, {"h": H1}) == []
+
+
+def test_a_plan_grows_each_seed_of_a_pattern_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph does not change while a plan is made: a seed reached twice (an alarm is
+    a new vertex and a new edge) is grown once, and finds the same matches."""
+    p = cloud()
+    [pattern] = patterns(template(BASIC))
+    grown: list[dict[str, str]] = []
+
+    def counting_extend(graph: Any, pat: Pattern, seed: dict[str, str]) -> Any:
+        grown.append(dict(seed))
+        return extend(graph, pat, seed)
+
+    monkeypatch.setattr(evaluator_module, "extend", counting_extend)
+    plan = evaluator_module._Plan(p.graph, p.actions)
+    plan.grow(pattern, {"host_alarm": A1})
+    found = dict(plan.found)
+    plan.grow(pattern, {"host_alarm": A1})
+    plan.grow(pattern, {"host": H1})
+    assert grown == [{"host_alarm": A1}, {"host": H1}]
+    assert plan.found == found and len(found) == 2
