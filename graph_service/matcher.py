@@ -23,7 +23,7 @@ Semantics, following Vitrage:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from graph_service.conditions import Relationship
@@ -123,20 +123,13 @@ def _negation_fails_early(graph: EntityGraph, pattern: Pattern, seed: Binding) -
                 return True
             continue
         if dst is not None and rel.source not in pattern.bound:
-            adjacency, free = graph.predecessors(dst), rel.source
+            src = None
         elif src is not None and rel.target not in pattern.bound:
-            adjacency, free = graph.successors(src), rel.target
+            dst = None
         else:
             continue  # decided only once more of the match is bound
-        spec = pattern.specs[free]
-        used = seed.values()
-        for other, keyed in adjacency.items():
-            edge = keyed.get(rel.label)
-            if edge is None or edge.get(IS_DELETED) or other in used:
-                continue
-            attrs = graph.vertex(other)
-            if spec(attrs) and not any(maybe(attrs) for maybe in unbound):
-                return True
+        if _offended(graph, pattern, rel, src, dst, seed.values(), unless=unbound):
+            return True
     return False
 
 
@@ -189,20 +182,39 @@ def negations_hold(graph: EntityGraph, pattern: Pattern, binding: Binding) -> bo
             if live_edge(graph, src, dst, rel.label):
                 return False
             continue
-        if dst is not None:
-            adjacency, free = graph.predecessors(dst), rel.source
-        else:
-            assert src is not None  # validated at load: one side is bound
-            adjacency, free = graph.successors(src), rel.target
-        spec = pattern.specs[free]
-        used = binding.values()
-        for other, keyed in adjacency.items():
-            edge = keyed.get(rel.label)
-            if edge is None or edge.get(IS_DELETED) or other in used:
-                continue
-            if spec(graph.vertex(other)):
-                return False
+        assert src is not None or dst is not None  # validated at load: one side is bound
+        if _offended(graph, pattern, rel, src, dst, binding.values()):
+            return False
     return True
+
+
+def _offended(
+    graph: EntityGraph,
+    pattern: Pattern,
+    rel: Relationship,
+    src: str | None,
+    dst: str | None,
+    used: Iterable[str],
+    unless: Sequence[EntityMatcher] = (),
+) -> bool:
+    """For ``not rel`` with one side bound (``dst``, else ``src``): whether a vertex that
+    matches the free side, and none of ``unless``, has a live edge to the bound one and
+    is not in ``used`` (the match's vertices are exempt). A loop, not a generator: this
+    runs for every full match."""
+    if dst is not None:
+        adjacency, free = graph.predecessors(dst), rel.source
+    else:
+        assert src is not None
+        adjacency, free = graph.successors(src), rel.target
+    spec = pattern.specs[free]
+    for other, keyed in adjacency.items():
+        edge = keyed.get(rel.label)
+        if edge is None or edge.get(IS_DELETED) or other in used:
+            continue
+        attrs = graph.vertex(other)
+        if spec(attrs) and not any(m(attrs) for m in unless):
+            return True
+    return False
 
 
 def holds(graph: EntityGraph, pattern: Pattern, binding: Binding) -> bool:
