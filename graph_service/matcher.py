@@ -116,21 +116,7 @@ def _negation_fails_early(graph: EntityGraph, pattern: Pattern, seed: Binding) -
     matches no entity still unbound), since only the match's vertices are exempt.
     """
     unbound = [pattern.specs[e] for e in pattern.entities if e not in seed]
-    for rel in pattern.negated:
-        src, dst = seed.get(rel.source), seed.get(rel.target)
-        if src is not None and dst is not None:
-            if live_edge(graph, src, dst, rel.label):
-                return True
-            continue
-        if dst is not None and rel.source not in pattern.bound:
-            src = None
-        elif src is not None and rel.target not in pattern.bound:
-            dst = None
-        else:
-            continue  # decided only once more of the match is bound
-        if _offended(graph, pattern, rel, src, dst, seed.values(), unless=unbound):
-            return True
-    return False
+    return any(_negation_fails(graph, pattern, rel, seed, unbound) for rel in pattern.negated)
 
 
 def _grow(graph: EntityGraph, pattern: Pattern, binding: Binding) -> Iterator[Binding]:
@@ -176,16 +162,34 @@ def relationships_hold(graph: EntityGraph, pattern: Pattern, binding: Binding) -
 
 def negations_hold(graph: EntityGraph, pattern: Pattern, binding: Binding) -> bool:
     """No negated relationship is present (see the module docstring for unbound sides)."""
-    for rel in pattern.negated:
-        src, dst = binding.get(rel.source), binding.get(rel.target)
-        if src is not None and dst is not None:
-            if live_edge(graph, src, dst, rel.label):
-                return False
-            continue
-        assert src is not None or dst is not None  # validated at load: one side is bound
-        if _offended(graph, pattern, rel, src, dst, binding.values()):
+    for rel in pattern.negated:  # noqa: SIM110 (a loop, not all(): this runs per full match)
+        if _negation_fails(graph, pattern, rel, binding):
             return False
     return True
+
+
+def _negation_fails(
+    graph: EntityGraph,
+    pattern: Pattern,
+    rel: Relationship,
+    binding: Binding,
+    unless: Sequence[EntityMatcher] = (),
+) -> bool:
+    """Whether ``not rel`` fails for ``binding`` and so for every match that contains it.
+
+    Both sides bound: the edge is live. One side bound and the other free (an entity of
+    the negation only): a vertex matching the free side, and none of ``unless`` (the
+    entities still unbound, which it might yet become), has a live edge to the bound
+    one. Otherwise (a side not bound yet) it cannot tell: False.
+    """
+    src, dst = binding.get(rel.source), binding.get(rel.target)
+    if src is not None and dst is not None:
+        return live_edge(graph, src, dst, rel.label)
+    if (dst is not None and rel.source not in pattern.bound) or (
+        src is not None and rel.target not in pattern.bound
+    ):
+        return _offended(graph, pattern, rel, src, dst, binding.values(), unless)
+    return False
 
 
 def _offended(
