@@ -166,7 +166,10 @@ class Takeover:
             )
             sink.start_at(last_seq)
             ingest.sink = sink
-        ingest.on_outcome = lambda outcome: svc.evaluation.on_outcome(ingest, outcome)
+        if svc.evaluation.templates:
+            # Without templates there is nothing to evaluate nor to mark dirty: the hook
+            # would cost every event a call for nothing.
+            ingest.on_outcome = lambda outcome: svc.evaluation.on_outcome(ingest, outcome)
         svc.ingest = ingest
         ingest.start(svc.declared.queues[svc.topology.events_queue.name])
         return ingest
