@@ -241,16 +241,19 @@ class Takeover:
             # the middle of replay (measured: half of the replay time).
             freeze_heap("snapshot restored")
             dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn))
+            # without templates no vertex is ever evaluated: nothing to mark dirty
+            mark = dirt if svc.evaluation.templates else None
             crashpoints.hit("replay")  # the drill's kill in recovery
             try:
                 last = await replay_log(conn, svc.processor, snap.snapshot_seq, max_seq,
-                                        snap.epoch, report, on_record=dirt)  # fmt: skip
+                                        snap.epoch, report, on_record=mark)  # fmt: skip
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
                 log.error("replay failed: fresh start", reason=report.reason)
                 self._forget_recovery(report)
                 return max_seq
-            dirt.finish()
+            if mark is not None:
+                mark.finish()
             report.mode = "snapshot"
             return last
 
@@ -268,13 +271,16 @@ class Takeover:
         after = standby.last_seq
         svc.processor = standby.hand_over()
         dirt = standby.dirt
-        dirt.advance(await evaluators_enabled(conn))
-        svc.evaluation.dirty.update(standby.dirty)
-        dirt.dirty = svc.evaluation.dirty
+        mark = dirt if svc.evaluation.templates else None  # as after a snapshot
+        if mark is not None:
+            dirt.advance(await evaluators_enabled(conn))
+            svc.evaluation.dirty.update(standby.dirty)
+            dirt.dirty = svc.evaluation.dirty
         crashpoints.hit("replay")  # the drill's kill in recovery, even with nothing to replay
         last = await replay_log(conn, svc.processor, after, max_seq, standby.seed_epoch, report,
-                                on_record=dirt)  # fmt: skip
-        dirt.finish()
+                                on_record=mark)  # fmt: skip
+        if mark is not None:
+            mark.finish()
         report.mode = "hot"
         return last
 

@@ -303,9 +303,9 @@ async def test_a_corrupt_newer_snapshot_does_not_bring_back_the_dropped_one(
 
 
 # ----------------------------------------------------------------- takeovers
-def takeover_of(pool: asyncpg.Pool, schema: str, epoch: int) -> Takeover:
+def takeover_of(pool: asyncpg.Pool, schema: str, epoch: int, templates: bool = True) -> Takeover:
     """The recovery half of a Takeover over a stand-in service (no broker): the barrier
-    is the persistor's row, written directly."""
+    is the persistor's row, written directly. ``templates``: the shipped ones are loaded."""
     settings = SimpleNamespace(
         db_schema=schema,
         barrier_timeout=5,
@@ -321,6 +321,8 @@ def takeover_of(pool: asyncpg.Pool, schema: str, epoch: int) -> Takeover:
         processor=Processor(recent_capacity=10_000),
         evaluation=Evaluation(None),
     )
+    if templates:
+        svc.evaluation.load()
     takeover = Takeover.__new__(Takeover)
     takeover.svc, takeover.settings = svc, settings  # type: ignore[assignment]
 
@@ -335,16 +337,19 @@ def takeover_of(pool: asyncpg.Pool, schema: str, epoch: int) -> Takeover:
     return takeover
 
 
+@pytest.mark.parametrize("templates", [True, False], ids=["templates", "no-templates"])
 async def test_a_hot_takeover_ends_as_a_cold_one_would(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, standby: HotStandby
+    conn: asyncpg.Connection, pool: asyncpg.Pool, standby: HotStandby, templates: bool
 ) -> None:
     """Records committed after the replica's last read are replayed onto it: the same
-    graph and the same vertices to evaluate as from the snapshot and the whole log."""
+    graph and the same vertices to evaluate as from the snapshot and the whole log
+    (none without templates: nothing would ever evaluate them)."""
     schema = await conn.fetchval("SELECT current_schema()")
     leader, epoch = await stopped_at_40(conn, standby)
     await leader.commit(leader.rows(15, epoch), notify=False)  # after its last read
     me = await leader.epoch()
-    hot, cold = takeover_of(pool, schema, me), takeover_of(pool, schema, me)
+    hot = takeover_of(pool, schema, me, templates)
+    cold = takeover_of(pool, schema, me, templates)
     hot_report, cold_report = RecoveryReport(), RecoveryReport()
     assert await hot._recover_from_log(hot_report, standby) == 55
     assert await cold._recover_from_log(cold_report, None) == 55
@@ -353,7 +358,8 @@ async def test_a_hot_takeover_ends_as_a_cold_one_would(
     assert (cold_report.mode, cold_report.replayed) == ("snapshot", 25)
     assert same_graph(hot.svc.processor, cold.svc.processor)
     assert same_graph(hot.svc.processor, leader.processor)
-    assert hot.svc.evaluation.dirty == cold.svc.evaluation.dirty != {}
+    assert hot.svc.evaluation.dirty == cold.svc.evaluation.dirty
+    assert bool(cold.svc.evaluation.dirty) is templates
 
 
 async def test_a_hole_after_the_replica_falls_back_to_a_snapshot_not_to_fresh(
