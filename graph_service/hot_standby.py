@@ -102,9 +102,10 @@ class HotStandby:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="hot-standby")
 
-    async def close(self) -> None:
+    async def close(self, for_takeover: bool = True) -> None:
         """Stop following. Safe at any await: the replica's counters advance record by
-        record (:meth:`_applied`), and a seed is installed in one step.
+        record (:meth:`_applied`), and a seed is installed in one step. For a takeover,
+        a seed in progress is finished first (a shutdown does not wait for it).
 
         A cancellation can be turned into another error on its way out (asyncpg
         releasing a connection whose query was cancelled raises its own): the task
@@ -112,6 +113,12 @@ class HotStandby:
         flag, and the task is cancelled again until it is done."""
         self._closing = True
         task, self._task = self._task, None
+        if for_takeover and task is not None and not task.done() and self.state == "seeding":
+            # The seed decodes the snapshot the takeover would load next: let it finish
+            # and hand over a replica. Cancelled, its decode thread would run on beside
+            # the takeover's own decode of the same snapshot, taking turns at the GIL.
+            log.info("hot standby: letting the seed in progress finish")
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         deadline = time.monotonic() + CLOSE_TIMEOUT
         while task is not None and not task.done():
             if time.monotonic() > deadline:
@@ -135,6 +142,8 @@ class HotStandby:
             try:
                 if self.processor is None:
                     await self.seed()
+                    if self._closing:  # a takeover is waiting for the seed (see close)
+                        return
                 if self.processor is not None:
                     await self.follow()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -648,10 +648,13 @@ class SnapshotPreloader:
     def stop(self) -> None:
         self._stop.set()
 
-    async def close(self) -> None:
-        """Stop, after the load in progress if any (see :meth:`run`)."""
+    async def close(self, for_takeover: bool = True) -> None:
+        """Stop, after the load in progress if any (see :meth:`run`); a shutdown
+        (``for_takeover=False``) does not wait for it."""
         self.stop()
         if self._task is not None:
+            if not for_takeover:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def refresh(self) -> LoadedSnapshot | None:

@@ -51,12 +51,14 @@ class Takeover:
         svc = self.svc
         svc.lifecycle.enter(Phase.STANDBY)
         standby = svc.standby = self._start_standby()
+        won = False
         try:
             await self._wait_for_lock()
+            won = True
         finally:
             svc.standby = None
             if standby is not None:
-                await standby.close()
+                await standby.close(for_takeover=won)
         svc.lifecycle.enter(Phase.ELECTING)
         svc.epoch = await svc.leadership.open_epoch()
         svc.lifecycle.enter(Phase.RECOVERING, epoch=svc.epoch)

@@ -382,6 +382,51 @@ async def test_a_hole_after_the_replica_falls_back_to_a_snapshot_not_to_fresh(
     assert same_graph(takeover.svc.processor, leader.processor)
 
 
+async def test_close_lets_a_seed_in_progress_finish(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover that stops the standby in the middle of its seed gets the replica: the
+    seed was decoding the snapshot the takeover would load (cancelled, its decode thread
+    ran on beside the takeover's own decode of the same snapshot)."""
+    leader, _ = await started_leader(conn)
+    loading, release = asyncio.Event(), asyncio.Event()
+    load_newest = SnapshotStore.load_newest
+
+    async def slow_load(self: SnapshotStore, *args: object, **kwargs: object) -> object:
+        loading.set()
+        await release.wait()  # the decode, in flight
+        return await load_newest(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SnapshotStore, "load_newest", slow_load)
+    standby.start()
+    await asyncio.wait_for(loading.wait(), 10)
+    assert standby.state == "seeding"
+    closing = asyncio.ensure_future(standby.close())
+    await wait_for(lambda: standby._closing, what="the takeover stopping the standby")
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert standby.state == "stopped" and standby.seed_seq == 30
+    assert standby.processor is not None and same_graph(standby.processor, leader.processor)
+    assert standby.last_seq == 30  # seeded, then stopped: it did not go on to follow
+
+
+async def test_a_shutdown_does_not_wait_for_a_seed(
+    conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await started_leader(conn)
+    loading = asyncio.Event()
+
+    async def stuck_load(self: SnapshotStore, *args: object, **kwargs: object) -> object:
+        loading.set()
+        await asyncio.Event().wait()  # a decode that would take longer than the test
+
+    monkeypatch.setattr(SnapshotStore, "load_newest", stuck_load)
+    standby.start()
+    await asyncio.wait_for(loading.wait(), 10)
+    await asyncio.wait_for(standby.close(for_takeover=False), 2)  # < CLOSE_TIMEOUT
+    assert standby.state == "stopped" and standby.processor is None
+
+
 async def test_close_stops_a_standby_whose_cancellation_turned_into_an_error(
     conn: asyncpg.Connection, standby: HotStandby, monkeypatch: pytest.MonkeyPatch
 ) -> None:
