@@ -27,7 +27,10 @@ The price: objects frozen while alive that later become unreachable *cycles*
 (a finished asyncio task holding its exception, say) are not collected until
 the process ends. Those are the few objects in flight at the moment of a
 freeze, once per snapshot interval; reference counting still frees everything
-without cycles, which is all of the graph.
+without cycles, which is all of the graph. Measured: a collection of the young
+generations just before each freeze of the failover benchmark (every takeover
+mode, seeds, preloads and forked snapshots, with and without templates) found
+no unreachable object at all.
 
 :class:`GcTimer` measures the collector's pauses (``/status`` and
 ``rca_gc_pause_seconds``): this cost is invisible in a profile, which charges
