@@ -429,6 +429,7 @@ async def e2e_steps(
     events = dep.collector.stream.take(cfg.e2e_events)  # generated outside the timing
     say(f"{dep.label}: {len(events)} events, as fast as the broker confirms")
     stop, peak = asyncio.Event(), [rss(a)]
+    gc_before = (await dep.status(a)).get("gc") or {}
     sampler = asyncio.create_task(sample_peak(a, peak, stop))
     try:
         out["throughput"] = await e2e_measure(dep, a, events)
@@ -436,6 +437,7 @@ async def e2e_steps(
         stop.set()
         await sampler
     st = await dep.status(a)
+    out["gc_during_stream"] = gc_delta(gc_before, st.get("gc") or {})
     now = rss(a)
     out["memory"] = {
         "vertices": st["vertices"],
@@ -447,6 +449,16 @@ async def e2e_steps(
     }
     if shape is not None:
         write_shape(await dep.fetch_topology(a), shape)
+
+
+def gc_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The collections (per generation) and their pause seconds between two ``/status``."""
+    out: dict[str, Any] = {}
+    for key in ("collections", "pause_s_total"):
+        a, b = before.get(key), after.get(key)
+        if a is not None and b is not None:
+            out[key] = [round(y - x, 3) for x, y in zip(a, b, strict=True)]
+    return out
 
 
 async def e2e_run(
