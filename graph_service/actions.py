@@ -237,11 +237,39 @@ class ActionRegistry:
 
     def _add(self, ak: str, mk: str, record: Record) -> None:
         self._active.setdefault(ak, {})[mk] = record
+        self._index(ak, mk, record)
+
+    def _index(self, ak: str, mk: str, record: Record) -> None:
         pair = (ak, mk)
         for vid in dict.fromkeys(record["match"].values()):
             self._by_vertex.setdefault(vid, {})[pair] = None
         for effect in effects_of(record):
             self._by_effect.setdefault(effect, {})[pair] = None
+
+    def record_all(self, steps: Iterable[Step]) -> None:
+        """A logged round's steps, as :meth:`apply_all` records them, but into
+        ``_active`` only: the indexes are left stale until :meth:`reindex`. For a
+        takeover's replay, which reads nothing from the registry until it ends and
+        spent a third of its time on rounds keeping the indexes current."""
+        active = self._active
+        for step in steps:
+            ak, mk = _own(step.action_key), _own(step.match_key)
+            if step.op == ACTIVATE:
+                matches = active.setdefault(ak, {})
+                if mk not in matches:
+                    assert step.record is not None
+                    matches[mk] = step.record
+                continue
+            matches = active.get(ak)
+            if matches is not None and matches.pop(mk, None) is not None and not matches:
+                del active[ak]
+
+    def reindex(self) -> None:
+        """Rebuild the indexes from ``_active`` (as a snapshot restore builds them)."""
+        self._by_vertex, self._by_effect = {}, {}
+        for ak, matches in self._active.items():
+            for mk, record in matches.items():
+                self._index(ak, mk, record)
 
     def apply_all(self, steps: Iterable[Step]) -> list[Effect]:
         """Record a round's steps in order; the effects they touched, each once, in
@@ -283,9 +311,11 @@ class ActionRegistry:
     @classmethod
     def from_export(cls, data: dict[str, dict[str, Record]]) -> ActionRegistry:
         registry = cls()
-        for ak, matches in data.items():
-            for mk, record in matches.items():
-                registry._add(_own(ak), _own(mk), _own(record))
+        registry._active = {
+            _own(ak): {_own(mk): _own(record) for mk, record in matches.items()}
+            for ak, matches in data.items()
+        }
+        registry.reindex()
         return registry
 
 

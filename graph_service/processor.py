@@ -17,7 +17,8 @@ No wall clock, no randomness: time is the largest ``sample_timestamp`` seen.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -159,6 +160,7 @@ class Processor:
         self._round: dict[str, dict[str, None]] = {}
         # which evaluator actions are active for which matches (see actions.py)
         self.actions = ActionRegistry()
+        self._index_later = False  # see registry_indexed_after
 
     # ---------------------------------------------------------------- live path
     def process(self, event: Event) -> Outcome:
@@ -245,6 +247,18 @@ class Processor:
             parse_timestamp(event["sample_timestamp"]),
         )
 
+    @contextmanager
+    def registry_indexed_after(self) -> Iterator[None]:
+        """Replay logged rounds into the action registry without keeping its indexes
+        current, and index it once at the end (a takeover's replay: nothing reads the
+        registry before the evaluators are enabled, after it)."""
+        self._index_later = True
+        try:
+            yield
+        finally:
+            self._index_later = False
+            self.actions.reindex()
+
     # ---------------------------------------------------------------- snapshots
     def export_state(self) -> dict[str, Any]:
         """Everything replay must continue from, as plain builtins and datetimes.
@@ -282,6 +296,9 @@ class Processor:
         """
         if event.entity_type == VITRAGE:
             self._bookkeep(event.event_id, VITRAGE, VITRAGE, "", "", event.sample_timestamp)
+            if self._index_later and steps is None:  # a replayed round: nothing reads effects
+                self.actions.record_all(steps_of(event.payload))
+                return []
             return self.actions.apply_all(steps if steps is not None else steps_of(event.payload))
         return self._bookkeep(
             event.event_id,

@@ -247,8 +247,9 @@ class Takeover:
             mark = dirt if svc.evaluation.templates else None
             crashpoints.hit("replay")  # the drill's kill in recovery
             try:
-                last = await replay_log(conn, svc.processor, snap.snapshot_seq, max_seq,
-                                        snap.epoch, report, on_record=mark)  # fmt: skip
+                with svc.processor.registry_indexed_after():  # nothing reads it before
+                    last = await replay_log(conn, svc.processor, snap.snapshot_seq, max_seq,
+                                            snap.epoch, report, on_record=mark)  # fmt: skip
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
                 log.error("replay failed: fresh start", reason=report.reason)

@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from graph_service import snapshot_codec
+from graph_service.actions import ActionRegistry
 from graph_service.entity_graph import IS_DELETED, SAMPLE_TS, TYPE
 from graph_service.evaluator import (
     evaluation_trigger,
@@ -271,6 +272,25 @@ def test_b_replaying_the_log_rebuilds_graph_and_registry(reference: Reference) -
         assert list(p.actions.involving(vid)) == list(live.actions.involving(vid))
 
 
+def test_b_a_takeover_replay_indexes_the_registry_once_at_the_end(reference: Reference) -> None:
+    """As a takeover replays: rounds recorded into the registry without its indexes,
+    which are built once when replay ends, as a snapshot restore builds them."""
+    p = Processor(min_time_to_delete=MIN_TIME_TO_DELETE)
+    with p.registry_indexed_after():
+        for outcome in reference.log:
+            if outcome.logged:
+                p.replay_wire(*record(outcome))
+        assert len(p.actions) > 10 and p.actions._by_vertex == p.actions._by_effect == {}
+    live = reference.env.p
+    assert p.export_state() == live.export_state()
+    assert registry_bytes(p) == registry_bytes(live)
+    restored = ActionRegistry.from_export(live.actions.export())
+    assert p.actions._by_effect == restored._by_effect == live.actions._by_effect
+    for vid, _ in live.graph.vertices():
+        assert list(p.actions.involving(vid)) == list(restored.involving(vid))
+        assert set(p.actions.involving(vid)) == set(live.actions.involving(vid))
+
+
 def test_b_each_round_ends_as_its_steps_applied_one_by_one(reference: Reference) -> None:
     """The whole stream again, each round's steps applied as events of their own:
     the same graph and registry as the rounds, and never fewer changes."""
@@ -318,12 +338,13 @@ def failover(reference: Reference, cut: int, drained: int) -> Env:
     logged = [(n, o) for n, o in enumerate(reference.log) if o.logged]
     e = env()
     dirty: dict[str, None] = {}
-    for _, outcome in logged[:cut]:
-        e.p.replay_wire(*record(outcome))
-        # What the old active may not have evaluated (the tail of the log): the
-        # service marks the vertices of replayed records dirty; evaluating an
-        # already evaluated vertex changes nothing.
-        dirty.update(dict.fromkeys(touched_vertices(outcome.changes)))
+    with e.p.registry_indexed_after():  # as the takeover's replay
+        for _, outcome in logged[:cut]:
+            e.p.replay_wire(*record(outcome))
+            # What the old active may not have evaluated (the tail of the log): the
+            # service marks the vertices of replayed records dirty; evaluating an
+            # already evaluated vertex changes nothing.
+            dirty.update(dict.fromkeys(touched_vertices(outcome.changes)))
     # The input resumes after the last input event whose record was logged.
     inputs = {id(ev) for ev in reference.events}
     last_input = max((n for n, o in logged[:cut] if id(o.event) in inputs), default=-1)
