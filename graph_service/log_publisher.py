@@ -83,8 +83,9 @@ class AmqpLogSink:
     def append(self, record: LogRecord) -> None:
         if self.failed is not None:
             raise LogPublishError("record log is broken; not accepting records") from self.failed
-        self._batch.append(record)
         self._weight += record_weight(record)
+        record.seal()
+        self._batch.append(record)
         self._last_appended = record.seq
         if len(self._batch) >= self._batch_max or self._weight >= MAX_BATCH_WEIGHT:
             self._publish_batch()

@@ -46,6 +46,8 @@ async def test_batches_are_cut_by_weight_as_well_as_by_count(
     light = [record(seq) for seq in range(7, 17)]  # 2 each
     for r in (*heavy, *light):
         sink.append(r)
+    # sealed as taken: only the encoded bytes are held until the batch goes out
+    assert all(r.body is not None and r.changes == [] for r in heavy)
     await sink.flush()
     assert confirmed and confirmed[-1] == 16
 
@@ -61,3 +63,4 @@ async def test_batches_are_cut_by_weight_as_well_as_by_count(
     await wait_for(take, what="every record on the persistor queue")
     sizes = [[r.seq for r in decode_records(b)] for b in bodies]
     assert sizes == [[1, 2, 3], [4, 5, 6], list(range(7, 17))]
+    assert [len(r.changes) for r in decode_records(bodies[0])] == [40, 40, 40]

@@ -45,6 +45,22 @@ def test_a_frame_carries_the_logged_json_as_is() -> None:
     }
 
 
+def test_a_sealed_record_keeps_its_bytes_and_lets_go_of_its_objects() -> None:
+    """What a publisher holds until its batch goes out: the same frames, byte for byte,
+    from the encoded body and the event id alone."""
+    sealed = records()
+    for r in sealed:
+        r.seal()
+    assert encode_records(sealed) == encode_records(records())
+    first, barrier, _ = sealed
+    assert first.body == records()[0].logged() and first.changes == []
+    assert first.event == {"event_id": "ev-é-1"}
+    assert first.input_event() == records()[0].event
+    assert barrier.body is None  # nothing to encode
+    first.seal()  # twice: no change
+    assert first.body == records()[0].logged()
+
+
 def test_a_json_array_of_records_is_still_read() -> None:
     body = orjson.dumps([r.to_wire() for r in records()])
     assert [r.to_wire() for r in decode_records(body)] == [r.to_wire() for r in records()]
