@@ -38,11 +38,16 @@ YIELD_EVERY = 0.02  # seconds of processing between two turns of the event loop
 
 
 class LogSink(Protocol):
-    """Where records go. ``confirmed_seq`` only grows; ``on_confirm`` is told when it does."""
+    """Where records go. ``confirmed_seq`` only grows; ``on_confirm`` is told when it does.
+    A sink that does not keep records (``keeps_records`` false) is told each seq by
+    :meth:`skip`, so that no record is built for it."""
 
     confirmed_seq: int
+    keeps_records: bool
 
     def append(self, record: LogRecord) -> None: ...
+
+    def skip(self, seq: int) -> None: ...
 
     async def wait_for_room(self) -> None: ...
 
@@ -52,15 +57,20 @@ class LogSink(Protocol):
 
 
 class ImmediateSink:
-    """Persistency off: nothing is published, every record counts as confirmed at once."""
+    """Persistency off: nothing is published, every seq counts as confirmed at once."""
+
+    keeps_records = False  # the ingest loop builds no record for it (2.7 µs per event)
 
     def __init__(self, on_confirm: Callable[[int], None]) -> None:
         self.confirmed_seq = 0
         self._on_confirm = on_confirm
 
     def append(self, record: LogRecord) -> None:
-        self.confirmed_seq = record.seq
-        self._on_confirm(record.seq)
+        self.skip(record.seq)
+
+    def skip(self, seq: int) -> None:
+        self.confirmed_seq = seq
+        self._on_confirm(seq)
 
     async def wait_for_room(self) -> None:
         return None
@@ -303,7 +313,10 @@ class Ingest:
         self._last_sample = event.sample_timestamp
         if event.action == "end_snapshot":
             self.end_snapshots[event.source] = self.end_snapshots.get(event.source, 0) + 1
-        self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
+        if self.sink.keeps_records:
+            self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
+        else:
+            self.sink.skip(self.seq)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(outcome)

@@ -49,6 +49,8 @@ class LogPublishError(RuntimeError):
 class AmqpLogSink:
     """The ``LogSink`` used when persistency is on."""
 
+    keeps_records = True
+
     def __init__(
         self,
         exchange: AbstractExchange,
@@ -94,6 +96,9 @@ class AmqpLogSink:
             self._timer = loop.call_later(self._batch_delay, self._publish_batch)
         if self._last_appended - self.confirmed_seq >= self._max_unconfirmed:
             self._room.clear()
+
+    def skip(self, seq: int) -> None:
+        raise LogPublishError(f"seq {seq} without a record: this sink logs every one")
 
     async def wait_for_room(self) -> None:
         """Backpressure: the ingest loop awaits this before taking the next message."""
