@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import networkx as nx
@@ -35,6 +35,8 @@ IS_PLACEHOLDER = "vitrage_is_placeholder"
 SAMPLE_TS = "vitrage_sample_timestamp"
 DATASOURCE = "vitrage_datasource_name"
 RELATIONSHIP = "relationship_type"
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 RESOURCE = "RESOURCE"
 ALARM = "ALARM"
@@ -83,6 +85,10 @@ class EntityGraph:
         # Entries purged from the front of ``_deleted`` since it was last compacted: a
         # dict keeps their slots, and every scan from the front would walk them.
         self._holes = 0
+        # No vertex in ``_deleted`` was deleted before this (a cache, not state): lets
+        # :meth:`deleted_before` answer "none" without walking the dead slots at the
+        # front of the dict, which it would otherwise do on every event.
+        self._due_from: datetime | None = None
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -107,6 +113,7 @@ class EntityGraph:
         self._g = g
         self._deleted = state["deleted"]
         self._holes = 0
+        self._due_from = None
         edges = state.get("edges")  # counted when saved: counting here walks the graph
         self._edges = g.number_of_edges() if edges is None else edges
 
@@ -188,6 +195,8 @@ class EntityGraph:
         entries is moved; ties keep the order in which deletions happened.
         """
         deleted = self._deleted
+        if self._due_from is not None and when < self._due_from:
+            self._due_from = when
         tail: list[tuple[str, datetime]] = []
         while deleted:
             last_vid, last_when = deleted.popitem()
@@ -243,13 +252,22 @@ class EntityGraph:
         """Deleted vertices whose deletion time is before ``cutoff``, oldest first.
 
         Scans the deletion-ordered index from the front and stops at the first
-        vertex deleted at or after the cutoff: cheap enough to run per event.
+        vertex deleted at or after the cutoff; skips the scan while the cutoff has not
+        reached the oldest deletion seen by the last one: cheap enough to run per event.
         """
+        due = self._due_from
+        if due is not None and cutoff <= due:
+            return []
         out: list[str] = []
+        first = _NEVER
         for vid, when in self._deleted.items():
             if when >= cutoff:
+                first = when
                 break
             out.append(vid)
+        # Removals only make the oldest deletion later, so this stays a lower bound
+        # until _index_deleted queues an older one.
+        self._due_from = self._deleted[out[0]] if out else first
         return out
 
     def subgraph(self, root: str, depth: int) -> tuple[list[str], list[tuple[str, str, str]]]:

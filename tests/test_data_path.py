@@ -77,5 +77,11 @@ async def test_get_all_builds_exactly_the_generated_topology(
         if row.startswith("rca_gc_pause_seconds_count{")
     }
     assert set(counts) == {"0", "1", "2"}
+    applied: Counter[str] = Counter()
+    for row in metrics.splitlines():
+        if row.startswith("rca_events_total{") and 'status="applied"' in row:
+            applied[row.split('entity_type="')[1].split('"')[0]] += int(float(row.rsplit(" ")[1]))
+    for etype, n in expected.counts().items():
+        assert applied[etype] >= n, etype  # each entity's get_all event, counted
     # every pause the collector made before /status answered, drained by the scrape
     assert sum(counts.values()) >= sum(status["gc"]["collections"])

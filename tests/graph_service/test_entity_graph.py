@@ -133,6 +133,26 @@ def test_deletion_index_is_ordered_by_deletion_time_not_arrival() -> None:
     assert g.deleted_before(at(301)) == ["c", "a", "e", "b", "d"]  # ties keep arrival order
 
 
+def test_deletion_index_answers_none_due_without_missing_an_older_deletion() -> None:
+    """deleted_before remembers the oldest deletion its last scan saw and answers
+    "none due" below it without a scan; a deletion queued later that is older than
+    that (or one that is not purged after being reported) must still come out."""
+    g = EntityGraph()
+    g.apply([v(x, 0) for x in "abc"])
+    g.apply([["v", "a", {IS_DELETED: True, SAMPLE_TS: ts(100)}, []]])
+    assert g.deleted_before(at(50)) == []  # remembers: nothing before 100
+    g.apply([["v", "b", {IS_DELETED: True, SAMPLE_TS: ts(20)}, []]])  # older, queued later
+    assert g.deleted_before(at(50)) == ["b"]
+    assert g.deleted_before(at(50)) == ["b"]  # reported, not purged: reported again
+    g.apply([["V", "b"]])
+    assert g.deleted_before(at(50)) == []
+    assert g.deleted_before(at(101)) == ["a"]
+    g.apply([["V", "a"]])
+    assert g.deleted_before(at(10**6)) == []  # empty: remembers nothing is queued
+    g.apply([["v", "c", {IS_DELETED: True, SAMPLE_TS: ts(30)}, []]])
+    assert g.deleted_before(at(31)) == ["c"]
+
+
 def test_deleted_vertex_created_deleted_is_indexed() -> None:
     g = EntityGraph()
     g.apply([v("a", 7, deleted=True)])
