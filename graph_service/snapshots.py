@@ -1,20 +1,8 @@
 """Taking, storing and loading snapshots: the I/O edge of :mod:`snapshot_codec`.
 
-Taking one (Redis BGSAVE style): the event loop forks; the child pickles and
-compresses the state *as it was at the fork*, writes it to an anonymous file
-and leaves through ``os._exit``; the parent returns to its loop at once and
-awaits the child's exit through a pidfd. The loop's pause is the fork itself
-(copying page tables: 10-20 ms for a 100k-vertex, 550 MB process), not the
-seconds that pickling and compressing take. Copy-on-write costs memory instead: the
-child touches every object's reference count, so up to the graph's size is
-copied while it runs. ``gc.freeze()`` keeps the parent's collector from
-writing to the old objects (and copying their pages) until the child is done; a
-heap that was frozen before stays frozen afterwards (the service keeps its
-long-lived heap frozen: see :mod:`gc_policy`), one that was not is unfrozen.
-
-The child keeps only the result file and stdio: every inherited socket (the
-leader-lock connection above all) is closed in the child, so a parent killed
-mid-snapshot frees its lock and connections at once, not when the child ends.
+Taking one: a forked child (:mod:`forked`) pickles and compresses the state *as it
+was at the fork* while the event loop goes on; the loop's pause is the fork itself,
+not the seconds that pickling and compressing take.
 
 Storing one checks, in the same transaction, that its epoch is still the newest
 in ``leader_epochs`` (a deposed leader must not write). Loading tries the
@@ -26,24 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import os
-import signal
 import struct
-import sys
-import tempfile
 import time
-import traceback
-import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import asyncpg
 
-from graph_service.gc_policy import freeze_heap, heap_frozen
+from graph_service.forked import FORK_AVAILABLE, ChildRun, ForkError, run_in_child, write_all
+from graph_service.gc_policy import freeze_heap
 from graph_service.snapshot_codec import (
     FORMAT_VERSION,
     EncodedSnapshot,
@@ -58,15 +40,11 @@ from rca_common.logging import get_logger
 
 log = get_logger(__name__)
 
-FORK_AVAILABLE = hasattr(os, "fork")
 READ_CHUNK = 8 << 20  # the parent reads the child's result in slices, yielding between them
 INSERT_LOCK_TIMEOUT_S = 5.0
 
 _RESULT = struct.Struct(">4sQQH")  # magic, raw size, blob size, hmac size
 _RESULT_MAGIC = b"RCAR"
-_ERROR_MAGIC = b"RCAE"
-_EXIT_FAILED = 70  # EX_SOFTWARE
-_PR_SET_PDEATHSIG = 1
 
 StateFn = Callable[[], dict[str, Any]]
 
@@ -126,12 +104,6 @@ async def take_snapshot_inline(
     return TakenSnapshot(encoded, "inline", pause, time.perf_counter() - t0)
 
 
-# Forked children still running: the parent's objects stay frozen until the last ends,
-# and after it too if the heap was frozen before the first one began.
-_children_running = 0
-_unfreeze_after_children = False
-
-
 async def take_snapshot_in_child(
     state_fn: StateFn, hmac_key: bytes | None, *, meta: dict[str, Any] | None = None
 ) -> TakenSnapshot:
@@ -140,184 +112,35 @@ async def take_snapshot_in_child(
     ``state_fn`` runs in the child only: it must not touch the event loop.
     Cancelling the await kills the child.
     """
-    global _children_running, _unfreeze_after_children
-    if not FORK_AVAILABLE:
-        raise SnapshotError("os.fork is not available on this platform")
     t0 = time.perf_counter()
-    try:
-        fd = _anonymous_file()
-    except OSError as exc:
-        raise SnapshotError(f"cannot create the snapshot result file: {exc}") from exc
-    try:
-        parent = os.getpid()
-        if _children_running == 0:
-            _unfreeze_after_children = not heap_frozen()
-        gc.freeze()
-        _children_running += 1
-        try:
-            pid = _fork()
-        except BaseException as exc:
-            _children_running -= 1
-            _maybe_unfreeze()
-            if isinstance(exc, OSError):  # ENOMEM, EAGAIN: no child, nothing to clean up
-                raise SnapshotError(f"cannot fork the snapshot child: {exc}") from exc
-            raise
-        if pid == 0:  # pragma: no cover - the child; coverage cannot see it
-            _child_main(fd, parent, state_fn, hmac_key, meta)
-        pause = time.perf_counter() - t0
-        try:
-            status = await _wait_child(pid)
-            encoded = await _read_result(fd, pid, status)
-        finally:
-            _children_running -= 1
-            _maybe_unfreeze()
-    finally:
-        os.close(fd)
-    return TakenSnapshot(encoded, "fork", pause, time.perf_counter() - t0, pid)
 
-
-def _maybe_unfreeze() -> None:
-    if _children_running == 0 and _unfreeze_after_children:
-        gc.unfreeze()
-
-
-def _anonymous_file() -> int:
-    """A file with no name to clean up: a memfd, or a temp file unlinked at once."""
-    if hasattr(os, "memfd_create"):
-        return os.memfd_create("rca-snapshot", getattr(os, "MFD_CLOEXEC", 0))
-    fd, path = tempfile.mkstemp(prefix="rca-snapshot-")
-    os.unlink(path)
-    return fd
-
-
-def _fork() -> int:
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a multi-threaded process: the child
-        # here only pickles, compresses and writes, taking no lock another
-        # thread could hold (the codec's gc lock is reset by an at-fork hook).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def _child_main(
-    fd: int, parent: int, state_fn: StateFn, hmac_key: bytes | None, meta: dict[str, Any] | None
-) -> NoReturn:  # pragma: no cover - runs in the forked child
-    """Never returns, never runs asyncio, atexit handlers or finalizers: ``os._exit``."""
-    status = _EXIT_FAILED
-    try:
-        _detach_child(fd, parent)
+    def work(fd: int) -> None:  # pragma: no cover - runs in the forked child
         encoded = encode(state_fn(), hmac_key, meta)
-        _write_all(
-            fd,
-            _RESULT.pack(_RESULT_MAGIC, encoded.raw_size, encoded.size, len(encoded.hmac or b"")),
+        header = _RESULT.pack(
+            _RESULT_MAGIC, encoded.raw_size, encoded.size, len(encoded.hmac or b"")
         )
-        _write_all(fd, encoded.hmac or b"")
-        _write_all(fd, encoded.blob)
-        status = 0
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            text = traceback.format_exc(limit=20).encode(errors="replace")[-4000:]
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, _ERROR_MAGIC + text, 0)
+        write_all(fd, header)
+        write_all(fd, encoded.hmac or b"")
+        write_all(fd, encoded.blob)
+
+    try:
+        run = await run_in_child(work, "snapshot")
+    except ForkError as exc:
+        raise SnapshotError(str(exc)) from exc
+    try:
+        encoded = await _read_result(run)
     finally:
-        os._exit(status)
+        os.close(run.fd)
+    return TakenSnapshot(encoded, "fork", run.pause_s, time.perf_counter() - t0, run.pid)
 
 
-def _detach_child(keep_fd: int, parent: int) -> None:  # pragma: no cover - runs in the forked child
-    """Stop sharing the parent's signal wake-up socket and every other descriptor."""
-    with contextlib.suppress(ValueError, OSError):
-        signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(ValueError, OSError):
-            signal.signal(sig, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):  # die with the parent (best effort)
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # it died before prctl took effect
-            os._exit(_EXIT_FAILED)
-    os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, max(os.sysconf("SC_OPEN_MAX"), keep_fd + 1))
-
-
-def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - runs in the forked child
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-async def _wait_child(pid: int) -> int:
-    """The child's wait status, awaited without blocking the loop; cancelling kills it."""
-    loop = asyncio.get_running_loop()
-    pidfd = _pidfd(pid)
-    if pidfd is None:  # no pidfd (old kernel, not Linux): a worker thread waits
-        try:
-            _, status = await asyncio.shield(asyncio.to_thread(os.waitpid, pid, 0))
-        except asyncio.CancelledError:
-            _kill(pid)
-            raise
-        return status
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, on_exit)
-    try:
-        await exited
-    except asyncio.CancelledError:
-        _kill(pid)
-        loop.remove_reader(pidfd)
-        _reap_later(loop, pid, pidfd)
-        raise
-    loop.remove_reader(pidfd)
-    os.close(pidfd)
-    try:
-        _, status = os.waitpid(pid, 0)  # it has exited: returns at once
-    except ChildProcessError:  # reaped by someone else (a global child watcher)
-        return -1
-    return status
-
-
-def _pidfd(pid: int) -> int | None:
-    if not hasattr(os, "pidfd_open"):
-        return None
-    try:
-        return os.pidfd_open(pid)
-    except OSError:
-        return None
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _reap_later(loop: asyncio.AbstractEventLoop, pid: int, pidfd: int) -> None:
-    """Reap a killed child when it is gone, without waiting for it here."""
-
-    def reap() -> None:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-
-    try:
-        loop.add_reader(pidfd, reap)
-    except RuntimeError:  # the loop is closing: reap synchronously (the child is dying)
-        reap()
-
-
-async def _read_result(fd: int, pid: int, status: int) -> EncodedSnapshot:
+async def _read_result(run: ChildRun) -> EncodedSnapshot:
+    fd, pid = run.fd, run.pid
+    failure = run.failure("snapshot")
+    if failure is not None:
+        raise SnapshotChildFailed(failure)
     size = os.fstat(fd).st_size
-    head = os.pread(fd, max(_RESULT.size, 4), 0) if size else b""
-    code = os.waitstatus_to_exitcode(status) if status >= 0 else None
-    if code is not None and code != 0:
-        if head[:4] == _ERROR_MAGIC:
-            text = os.pread(fd, 4 + 4000, 0)[4:].decode(errors="replace").strip()
-            raise SnapshotChildFailed(f"snapshot child {pid} failed:\n{text}")
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise SnapshotChildFailed(f"snapshot child {pid} {how} before writing a snapshot")
+    head = os.pread(fd, _RESULT.size, 0) if size else b""
     if len(head) < _RESULT.size or head[:4] != _RESULT_MAGIC:
         raise SnapshotChildFailed(f"snapshot child {pid} left no result ({size} bytes written)")
     _, raw_size, blob_size, hmac_size = _RESULT.unpack(head[: _RESULT.size])
@@ -326,7 +149,7 @@ async def _read_result(fd: int, pid: int, status: int) -> EncodedSnapshot:
             f"snapshot child {pid} left an incomplete result ({size} bytes,"
             f" expected {_RESULT.size + hmac_size + blob_size})"
         )
-    if code is None:
+    if run.status < 0:
         log.warning("snapshot child reaped by someone else; its result is complete", pid=pid)
     offset = _RESULT.size
     signature = os.pread(fd, hmac_size, offset) if hmac_size else None
