@@ -146,6 +146,11 @@ class HotStandby:
                         return
                 if self.processor is not None:
                     await self.follow()
+            except asyncpg.UndefinedTableError:  # a new deployment: nothing created yet
+                if self._closing:
+                    return
+                self.state = "waiting for the schema"
+                log.info("hot standby: no tables yet (the first active creates them), will retry")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if self._closing:  # a cancellation in disguise (see close)
                     return

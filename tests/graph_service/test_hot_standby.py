@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -300,6 +301,39 @@ async def test_a_corrupt_newer_snapshot_does_not_bring_back_the_dropped_one(
         await wait_for(tried_twice, what="two tries at seeding")
     assert all(e.get("snapshot_id") == corrupt for e in logs if "snapshot_id" in e)
     assert standby.seeds == 1 and standby.state == "waiting for a newer snapshot"
+
+
+async def test_a_new_deployment_without_tables_is_waited_for_not_reported_unreachable(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby may start before anyone has created the schema's tables: it waits for
+    them quietly, then seeds once they exist."""
+    schema = f"gs_{uuid.uuid4().hex[:12]}"
+    dsn = Settings().database_url
+    p = await db.create_pool(dsn, schema, min_size=1, max_size=2)
+    config = StandbyConfig(
+        dsn=dsn,
+        schema=schema,
+        hmac_key=None,
+        max_snapshot_age_s=600,
+        poll_interval=30,
+        retry_interval=0.05,
+        min_time_to_delete=600,
+        recent_capacity=10_000,
+    )
+    hot = HotStandby(p, config)
+    try:
+        with capture_logs() as logs:
+            monkeypatch.setattr(hot_standby, "log", structlog.get_logger(hot_standby.__name__))
+            hot.start()
+            await wait_for(lambda: hot.state == "waiting for the schema", what="the wait")
+            assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+            await db.migrate(conn, schema)
+            await wait_for(lambda: hot.state == "waiting for a snapshot", what="the tables seen")
+    finally:
+        await hot.close()
+        await p.close()
+        await db.drop_schema(conn, schema)
 
 
 # ----------------------------------------------------------------- takeovers
