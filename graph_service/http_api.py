@@ -9,6 +9,7 @@ rendering 100k vertices takes 0.4 s, a million would hold the loop longer than
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -63,6 +64,9 @@ def _truthy(value: str | None) -> bool:
 
 def create_app(service: ServiceView) -> web.Application:
     routes = web.RouteTableDef()
+    # One topology child at a time: each may copy up to the graph's size (copy-on-write)
+    # while it runs, and requests piling up must not multiply that.
+    topology_child = asyncio.Lock()
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
@@ -96,7 +100,9 @@ def create_app(service: ServiceView) -> web.Application:
             if FORK_AVAILABLE and len(graph) >= TOPOLOGY_FORK_MIN_VERTICES:
                 with_deleted = include_deleted  # the child renders the graph as of the fork
                 return await _from_child(
-                    request, lambda fd: write_all(fd, render_topology(graph, with_deleted))
+                    request,
+                    lambda fd: write_all(fd, render_topology(service.graph, with_deleted)),
+                    topology_child,
                 )
             return _body(render_topology(graph, include_deleted))
         if not include_deleted:
@@ -213,10 +219,14 @@ def render_topology(graph: EntityGraph, include_deleted: bool) -> bytes:
     return orjson.dumps({"vertices": vertices, "edges": edges})
 
 
-async def _from_child(request: web.Request, work: Callable[[int], None]) -> web.StreamResponse:
-    """Run ``work`` in a forked child and stream the JSON it wrote to the client."""
+async def _from_child(
+    request: web.Request, work: Callable[[int], None], one_at_a_time: asyncio.Lock
+) -> web.StreamResponse:
+    """Run ``work`` in a forked child (one at a time) and stream the JSON it wrote to the
+    client (the next child may run meanwhile: the result is a file of its own)."""
     try:
-        run = await run_in_child(work, "topology")
+        async with one_at_a_time:
+            run = await run_in_child(work, "topology")
     except ForkError as exc:  # not rendered on the loop instead: that is what would stall it
         log.warning("topology not rendered: no child", error=str(exc))
         return _json({"error": f"cannot render the topology now: {exc}"}, 503)

@@ -71,6 +71,35 @@ async def test_forked_rendering_equals_rendering_on_the_loop(
     assert len(body["edges"]) == (49 if query else 48)
 
 
+async def test_one_topology_child_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each child may copy up to the graph's size: concurrent requests queue for one."""
+    running = peak = 0
+    real = http_api.run_in_child
+
+    async def tracking(work, name):  # type: ignore[no-untyped-def]
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0.05)  # let the other requests arrive meanwhile
+            return await real(work, name)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(http_api, "TOPOLOGY_FORK_MIN_VERTICES", 10)
+    monkeypatch.setattr(http_api, "run_in_child", tracking)
+    app = http_api.create_app(SimpleNamespace(graph=graph_of(30)))  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+
+        async def get() -> int:
+            response = await client.get("/v1/topology")
+            await response.read()
+            return response.status
+
+        assert await asyncio.gather(*(get() for _ in range(4))) == [200] * 4
+    assert peak == 1
+
+
 async def test_a_failing_child_is_a_500_not_a_broken_body(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_api, "TOPOLOGY_FORK_MIN_VERTICES", 10)
 
