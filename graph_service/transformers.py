@@ -64,6 +64,11 @@ def vertex_id(category: str, vtype: str, entity_id: str) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
+# Entity types as plain strings: ``EntityType.HOST.value`` costs two slow lookups in
+# Python 3.11 (the Enum class's ``__getattr__``, then the ``value`` property).
+_CLUSTER, _ZONE, _HOST = EntityType.CLUSTER.value, EntityType.ZONE.value, EntityType.HOST.value
+_INSTANCE, _NETWORK = EntityType.INSTANCE.value, EntityType.NETWORK.value
+
 # Plain strings: membership of a str in a set of StrEnum members is slower.
 _ALARM_CATEGORY_TYPES = frozenset(t.value for t in (*ALARM_TYPES, EntityType.VITRAGE))
 
@@ -175,25 +180,25 @@ def _simple(
 
 def _zone_refs(e: Event) -> list[Ref]:
     cluster = _ref_id(e, "cluster", e.payload.get("cluster") or DEFAULT_CLUSTER)
-    return [Ref(EntityType.CLUSTER.value, cluster, CONTAINS, False)]
+    return [Ref(_CLUSTER, cluster, CONTAINS, False)]
 
 
 def _host_refs(e: Event) -> list[Ref]:
     zone = e.payload.get("zone")
-    return [Ref(EntityType.ZONE.value, _ref_id(e, "zone", zone), CONTAINS, False)] if zone else []
+    return [Ref(_ZONE, _ref_id(e, "zone", zone), CONTAINS, False)] if zone else []
 
 
 def _instance_refs(e: Event) -> list[Ref]:
     host = e.payload.get("host")
-    return [Ref(EntityType.HOST.value, _ref_id(e, "host", host), CONTAINS, False)] if host else []
+    return [Ref(_HOST, _ref_id(e, "host", host), CONTAINS, False)] if host else []
 
 
 def _port_refs(e: Event) -> list[Ref]:
     refs = []
     if net := e.payload.get("network_id"):
-        refs.append(Ref(EntityType.NETWORK.value, _ref_id(e, "network_id", net), CONTAINS, False))
+        refs.append(Ref(_NETWORK, _ref_id(e, "network_id", net), CONTAINS, False))
     if dev := e.payload.get("device_id"):
-        refs.append(Ref(EntityType.INSTANCE.value, _ref_id(e, "device_id", dev), ATTACHED, True))
+        refs.append(Ref(_INSTANCE, _ref_id(e, "device_id", dev), ATTACHED, True))
     return refs
 
 
@@ -203,10 +208,7 @@ def _volume_refs(e: Event) -> list[Ref]:
         attached = [attached]
     if not isinstance(attached, list):
         raise MalformedEvent(f"cinder.volume event {e.event_id}: attached_to must be a list")
-    return [
-        Ref(EntityType.INSTANCE.value, _ref_id(e, "attached_to", i), ATTACHED, True)
-        for i in attached
-    ]
+    return [Ref(_INSTANCE, _ref_id(e, "attached_to", i), ATTACHED, True) for i in attached]
 
 
 def _no_refs(e: Event) -> list[Ref]:

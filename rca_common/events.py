@@ -105,7 +105,7 @@ class Event(BaseModel):
             "source": self.source,
             "entity_type": self.entity_type,
             "entity_id": self.entity_id,
-            "action": self.action.value,
+            "action": self.action._value_,  # the member's own attribute: faster than .value
             "sample_timestamp": format_timestamp(self.sample_timestamp),
             "payload": self.payload,
         }
