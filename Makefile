@@ -11,9 +11,9 @@ HTTP_PORT ?= 8999
 # beside the repo clone; `make containers` runs it when present (see README.md, section Containers).
 CONTAINERS_SETUP ?= $(CURDIR)/../shared/containers/setup.sh
 
-.PHONY: venv services containers run stop test lint unit bench clean
+.PHONY: venv build services containers run stop test lint unit bench clean
 
-$(BIN)/graph-service: pyproject.toml
+$(BIN)/graph-service: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -21,10 +21,15 @@ $(BIN)/graph-service: pyproject.toml
 
 venv: $(BIN)/graph-service
 
+# Recompiles the pure core's C extensions after an edit (setup.py; incremental, and
+# a no-op where Cython or a C compiler is missing: the modules then run as Python).
+build: venv
+	@$(BIN)/python setup.py -q build_ext --inplace 2>&1 | grep -v -e '_BetaConfiguration' -e 'warnings.warn(msg' >&2 || true
+
 services:
 	@bash deploy/ensure-services.sh
 
-run: venv services
+run: build services
 	@bash deploy/run-local.sh
 
 stop:
@@ -37,14 +42,16 @@ lint: venv
 containers:
 	@bash deploy/prepare-containers.sh "$(CONTAINERS_SETUP)"
 
-test: venv services lint containers
+test: build services lint containers
 	$(BIN)/pytest -q -p no:cacheprovider
 
-unit: venv
+unit: build
 	$(BIN)/pytest -q -m "not integration and not containers"
 
-bench: venv services
+bench: build services
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(RUN_DIR) *.egg-info
+	rm -rf $(VENV) $(RUN_DIR) *.egg-info build
+	find rca_common graph_service -name '*.so' -delete
+	find rca_common graph_service -name '*.c' -delete

@@ -52,6 +52,7 @@ import psutil  # noqa: E402
 from graph_service import gc_policy  # noqa: E402
 from graph_service.processor import Processor  # noqa: E402
 from graph_service.transformers import vertex_id  # noqa: E402
+from rca_common import compiled  # noqa: E402
 from rca_common.events import Action, Event, decode_events, encode_events  # noqa: E402
 from rca_common.logging import setup_logging  # noqa: E402
 
@@ -418,6 +419,7 @@ def main() -> None:
         "bare_networkx_rss_mb": round(bare["rss_mb"], 1),
         "bare_networkx_interned_rss_mb": round(bare_interned["rss_mb"], 1),
         "rss_ratio": round(mem["graph_rss_mb"] / bare["rss_mb"], 2),
+        "compiled": compiled.status()["all"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from failover_drill.bench_load import LoadMonitor
+from rca_common import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -157,6 +158,7 @@ def main() -> None:
         "quick": args.quick,
         "git": git_revision(),
         "host": host(),
+        "compiled": compiled.status(),
         "benchmarks": {},
     }
     for name in names:

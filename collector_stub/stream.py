@@ -41,7 +41,8 @@ from collector_stub.topology import (
     pick_alarm,
     snapshot_events,
 )
-from rca_common.events import Action, Event, format_timestamp, parse_timestamp
+from rca_common.events import Action, Event
+from rca_common.timestamps import format_timestamp, parse_timestamp
 
 DEFAULT_CLOCK_START = datetime(2024, 1, 1, tzinfo=UTC)
 

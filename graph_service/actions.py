@@ -67,7 +67,8 @@ from graph_service.transformers import (
     MalformedEvent,
     vertex_id,
 )
-from rca_common.events import EntityType, format_timestamp
+from rca_common.events import EntityType
+from rca_common.timestamps import format_timestamp
 
 VITRAGE = EntityType.VITRAGE.value
 MARKED_DOWN = "is_marked_down"

@@ -21,7 +21,7 @@ from typing import Any
 
 import networkx as nx
 
-from rca_common.events import parse_timestamp
+from rca_common.timestamps import parse_timestamp
 
 Change = list[Any]
 Props = dict[str, Any]

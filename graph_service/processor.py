@@ -56,7 +56,8 @@ from graph_service.transformers import (
     transform,
     vertex_id,
 )
-from rca_common.events import Action, Event, format_timestamp, parse_timestamp
+from rca_common.events import Action, Event
+from rca_common.timestamps import format_timestamp, parse_timestamp
 
 SNAPSHOT_ACTIONS = (Action.INIT_SNAPSHOT, Action.SNAPSHOT)
 

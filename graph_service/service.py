@@ -34,7 +34,7 @@ from graph_service.rpc_client import GetAllClient, RpcError
 from graph_service.snapshot_schedule import SnapshotSchedule
 from graph_service.snapshots import SnapshotPreloader
 from graph_service.takeover import Takeover
-from rca_common import db
+from rca_common import compiled, db
 from rca_common.broker import BrokerTopology, DeclaredTopology, declare_topology
 from rca_common.logging import get_logger
 from rca_common.settings import Settings
@@ -51,6 +51,7 @@ class GraphService:
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.gc_timer = GcTimer()
+        self.compiled = compiled.status()  # which of the pure core runs compiled (setup.py)
         self.processor = Processor(
             min_time_to_delete=settings.min_time_to_delete,
             recent_capacity=settings.recent_event_ids,
@@ -115,6 +116,7 @@ class GraphService:
             "end_snapshots": dict(ingest.end_snapshots) if ingest else {},
             "persistency": self.settings.enable_persistency,
             "gc": self.gc_timer.status(),
+            "compiled": self.compiled,
             **({self.standby.STATUS_KEY: self.standby.status()} if self.standby else {}),
         }
 
@@ -128,7 +130,13 @@ class GraphService:
             schema=s.db_schema,
             events_queue=s.events_queue,
             persistency=s.enable_persistency,
+            compiled=self.compiled["modules"],
         )
+        if self.compiled["stale"]:
+            log.warning(
+                "compiled modules older than their source: run make build",
+                stale=self.compiled["stale"],
+            )
         self.evaluation.load()
         self.connection = await aio_pika.connect_robust(s.amqp_url)
         self.consume_channel = await self.connection.channel()

@@ -26,7 +26,8 @@ from graph_service.entity_graph import (
     VID,
 )
 from graph_service.states import StateNormalizer
-from rca_common.events import ALARM_TYPES, EntityType, Event, format_timestamp
+from rca_common.events import ALARM_TYPES, EntityType, Event
+from rca_common.timestamps import format_timestamp
 
 VERTEX_NAMESPACE = uuid.UUID("6f1c1d8e-3c0a-5b7e-9a53-2f4d7c1e8b90")
 

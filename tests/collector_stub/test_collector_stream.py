@@ -23,7 +23,8 @@ from collector_stub.topology import (
     TopologyConfig,
     generate_topology,
 )
-from rca_common.events import Action, EntityType, decode_events, parse_timestamp
+from rca_common.events import Action, EntityType, decode_events
+from rca_common.timestamps import parse_timestamp
 
 STORMY = StreamConfig(seed=9, storm_every=150)
 

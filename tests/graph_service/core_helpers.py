@@ -9,7 +9,8 @@ from typing import Any
 
 from graph_service.processor import Processor
 from graph_service.transformers import category_of, vertex_id
-from rca_common.events import Event, format_timestamp
+from rca_common.events import Event
+from rca_common.timestamps import format_timestamp
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -37,7 +37,7 @@ from graph_service.transformers import (
     transform,
     vertex_id,
 )
-from rca_common.events import format_timestamp
+from rca_common.timestamps import format_timestamp
 from tests.graph_service.core_helpers import ev, ts, vid
 
 STATES = StateNormalizer.load()

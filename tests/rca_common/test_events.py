@@ -14,9 +14,8 @@ from rca_common.events import (
     MalformedMessage,
     decode_events,
     encode_events,
-    format_timestamp,
-    parse_timestamp,
 )
+from rca_common.timestamps import format_timestamp, parse_timestamp
 
 
 def wire(**over: object) -> dict[str, object]:
@@ -237,10 +236,10 @@ def test_format_timestamp_is_isoformat_of_the_utc_time(monkeypatch: pytest.Monke
 
     from pydantic_core import TzInfo
 
-    import rca_common.events as events
+    import rca_common.timestamps as timestamps
 
     # A tiny minute-prefix cache: clearing it when full must not change any result.
-    monkeypatch.setattr(events, "_MINUTE_PREFIXES_MAX", 3)
+    monkeypatch.setattr(timestamps, "_MINUTE_PREFIXES_MAX", 3)
     zones = [None, UTC, timezone(timedelta(0)), timezone(timedelta(hours=2))]
     zones += [timezone(timedelta(hours=-5, minutes=-30)), TzInfo(0), TzInfo(-3600)]
     rng = random.Random(7)
@@ -259,7 +258,7 @@ def test_format_timestamp_is_isoformat_of_the_utc_time(monkeypatch: pytest.Monke
         for _ in range(3000)
     ]:
         assert format_timestamp(ts) == _reference_format(ts), ts
-    assert len(events._MINUTE_PREFIXES) <= 3
+    assert len(timestamps._MINUTE_PREFIXES) <= 3
 
 
 def test_parse_timestamp_of_the_stored_form_is_utc_and_round_trips() -> None:
