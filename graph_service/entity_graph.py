@@ -78,7 +78,7 @@ class EntityGraph:
     """A networkx MultiDiGraph behind a small API, plus the index of deleted vertices."""
 
     def __init__(self) -> None:
-        self._g: nx.MultiDiGraph = nx.MultiDiGraph()
+        self._adopt(nx.MultiDiGraph())
         # vid -> time of deletion, in the order deletions happened (purge queue).
         self._deleted: dict[str, datetime] = {}
         self._edges = 0  # networkx counts edges in O(V + E); /status asks often
@@ -89,6 +89,14 @@ class EntityGraph:
         # :meth:`deleted_before` answer "none" without walking the dead slots at the
         # front of the dict, which it would otherwise do on every event.
         self._due_from: datetime | None = None
+
+    def _adopt(self, g: nx.MultiDiGraph) -> None:
+        """Hold ``g`` and its three dicts: networkx never replaces them, and the hot path
+        reads them on every change (an attribute lookup each, through ``g``)."""
+        self._g = g
+        self._nodes: dict[str, Props] = g._node
+        self._succ: dict[str, dict[str, dict[str, Props]]] = g._succ
+        self._pred: dict[str, dict[str, dict[str, Props]]] = g._pred
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -110,7 +118,7 @@ class EntityGraph:
         g._node = state["node"]
         g._adj = g._succ = state["succ"]
         g._pred = state["pred"]
-        self._g = g
+        self._adopt(g)
         self._deleted = state["deleted"]
         self._holes = 0
         self._due_from = None
@@ -126,7 +134,7 @@ class EntityGraph:
         keys (an existing vertex keeps its key object), which is all the pickle
         needs to be the same whoever built the graph.
         """
-        nodes, succ, pred = self._g._node, self._g._succ, self._g._pred
+        nodes, succ, pred = self._nodes, self._succ, self._pred
         deleted = self._deleted
         for ch in changes:
             op = ch[0]
@@ -221,7 +229,7 @@ class EntityGraph:
 
     def vertex(self, vid: str) -> Props | None:
         """The vertex's properties (a live dict: do not mutate), or None."""
-        return self._g._node.get(vid)
+        return self._nodes.get(vid)
 
     def edge(self, src: str, dst: str, label: str) -> Props | None:
         try:
@@ -243,10 +251,10 @@ class EntityGraph:
 
     def successors(self, vid: str) -> dict[str, dict[str, Props]]:
         """Raw adjacency: neighbour -> label -> edge properties (do not mutate)."""
-        return self._g._succ[vid]
+        return self._succ[vid]
 
     def predecessors(self, vid: str) -> dict[str, dict[str, Props]]:
-        return self._g._pred[vid]
+        return self._pred[vid]
 
     def deleted_before(self, cutoff: datetime) -> list[str]:
         """Deleted vertices whose deletion time is before ``cutoff``, oldest first.

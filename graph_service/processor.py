@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -53,7 +53,7 @@ from graph_service.transformers import (
     MalformedEvent,
     Ref,
     category_of,
-    transform,
+    transform_fields,
     vertex_id,
 )
 from rca_common.events import Action, Event
@@ -74,11 +74,18 @@ _APPLIED, _STALE, _DUPLICATE = Status.APPLIED, Status.STALE, Status.DUPLICATE
 _DELETE, _END_SNAPSHOT, _UPDATE = Action.DELETE, Action.END_SNAPSHOT, Action.UPDATE
 
 
-@dataclass(slots=True)
 class Outcome:
-    event: Event
-    status: Status
-    changes: list[Change] = field(default_factory=list)
+    """What :meth:`Processor.process` did with one event: its status and its changes."""
+
+    __slots__ = ("changes", "event", "status")
+
+    def __init__(self, event: Event, status: Status, changes: list[Change] | None = None) -> None:
+        self.event = event
+        self.status = status
+        self.changes = [] if changes is None else changes
+
+    def __repr__(self) -> str:
+        return f"Outcome(event={self.event!r}, status={self.status!r}, changes={self.changes!r})"
 
     @property
     def logged(self) -> bool:
@@ -172,45 +179,47 @@ class Processor:
     # ---------------------------------------------------------------- live path
     def process(self, event: Event) -> Outcome:
         """Apply one event; raises MalformedEvent (before touching any state) if it is bad."""
-        # Each field is read once: an attribute of a pydantic model is not a plain one
-        # (its ``__getattr__`` keeps Python from specialising the access).
-        event_id = event.event_id
+        # The fields are read from the model's __dict__, each once: an attribute of a
+        # pydantic model goes through BaseModel.__getattr__'s slot (see transformers).
+        f = event.__dict__
+        event_id = f["event_id"]
         if event_id in self.recent._ids:
             return Outcome(event, _DUPLICATE)
-        etype = event.entity_type
+        etype = f["entity_type"]
         if etype == VITRAGE:
             return self._process_action(event)
-        action = event.action
+        action = f["action"]
         if action is _END_SNAPSHOT:
-            if event.source == VITRAGE:
+            if f["source"] == VITRAGE:
                 # Deduced alarms belong to the evaluator's bookkeeping, not to a round.
-                raise MalformedEvent(f"event {event.event_id}: no snapshot rounds for {VITRAGE!r}")
+                raise MalformedEvent(f"event {event_id}: no snapshot rounds for {VITRAGE!r}")
             seen = self._observe(event)
             changes: list[Change] = []
             emit = _Emitter(self.graph, changes)
             self._end_snapshot(event, seen or {}, emit)
             self._purge(emit)
             return Outcome(event, _APPLIED, changes)
-        ts = event.sample_timestamp
+        ts = f["sample_timestamp"]
         stamp = format_timestamp(ts)  # once per event: the transformer and deletions use it
-        tf = transform(event, self.states, stamp)
-        self._bookkeep(event_id, event.source, etype, event.entity_id, action, ts)  # _observe
+        tf = transform_fields(f, self.states, stamp)
+        self._bookkeep(event_id, f["source"], etype, f["entity_id"], action, ts)  # _observe
         changes = []
         status = _APPLIED
         vid = tf.vid
-        old = self.graph.vertex(vid)
+        g = self.graph
+        old = g.vertex(vid)
         if old is not None and _is_newer(old, ts):
             status = _STALE
         elif action is _DELETE or tf.deleted:
             if old is not None and not old.get(IS_DELETED):
-                self._mark_deleted_at(vid, stamp, _Emitter(self.graph, changes))
+                self._mark_deleted_at(vid, stamp, _Emitter(g, changes))
         else:
             self._upsert(vid, tf.props, old, changes)
             if tf.refs or tf.owned:
                 self._link(vid, tf.refs, tf.owned, stamp, changes)
         for purged in self._due_for_purge():  # _purge without an emitter
             ch: Change = ["V", purged]
-            self.graph.apply((ch,))
+            g.apply((ch,))
             changes.append(ch)
         return Outcome(event, status, changes)
 
@@ -384,21 +393,20 @@ class Processor:
         stamp: str,
         changes: list[Change],
     ) -> None:
+        # Methods are called on ``g``, not through local aliases: compiled, an alias
+        # of a cpdef method would build a Python wrapper per call.
         g = self.graph
-        apply = g.apply
-        vertex = g.vertex
-        successors = g.successors
         wanted: set[tuple[str, str, str]] = set()
         for ref in refs:
             nid = ref.vid
             label = ref.label
-            if vertex(nid) is None:
+            if g.vertex(nid) is None:
                 ch: Change = ["v", nid, _placeholder(nid, ref, stamp), []]
-                apply((ch,))
+                g.apply((ch,))
                 changes.append(ch)
             src, dst = (vid, nid) if ref.outgoing else (nid, vid)
             wanted.add((src, dst, label))
-            keyed = successors(src).get(dst)
+            keyed = g.successors(src).get(dst)
             edge = None if keyed is None else keyed.get(label)
             if edge is None:
                 ch = ["e", src, dst, label, {RELATIONSHIP: label, IS_DELETED: False}, []]
@@ -406,24 +414,24 @@ class Processor:
                 ch = ["e", src, dst, label, {IS_DELETED: False}, []]
             else:
                 continue
-            apply((ch,))
+            g.apply((ch,))
             changes.append(ch)
         if not owned:
             return
         stale: list[tuple[str, str, str]] = []
         for label, outgoing, ntype in owned:
-            adjacency = successors(vid) if outgoing else g.predecessors(vid)
+            adjacency = g.successors(vid) if outgoing else g.predecessors(vid)
             for other, keyed in adjacency.items():
                 if label not in keyed:
                     continue
                 edge_id = (vid, other, label) if outgoing else (other, vid, label)
                 if edge_id in wanted:
                     continue
-                if ntype is None or vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
+                if ntype is None or g.vertex(other).get(TYPE) == ntype:  # type: ignore[union-attr]
                     stale.append(edge_id)
         for src, dst, key in stale:  # a move: the old edge goes
             ch = ["E", src, dst, key]
-            apply((ch,))
+            g.apply((ch,))
             changes.append(ch)
 
     def _mark_deleted(self, vid: str, ts: datetime, emit: _Emitter) -> None:
@@ -503,7 +511,12 @@ def _same(a: Any, b: Any) -> bool:
     if type(a) is list:
         return len(a) == len(b) and all(map(_same, a, b))
     if type(a) is dict:
-        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+        if a.keys() != b.keys():
+            return False
+        for k, v in a.items():  # noqa: SIM110 (compiled: a generator would be a closure)
+            if not _same(v, b[k]):
+                return False
+        return True
     return bool(a == b)
 
 

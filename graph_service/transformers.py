@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from hashlib import sha1
 from typing import Any, NamedTuple
@@ -108,32 +107,57 @@ class Ref(_RefFields):
         return tuple.__new__(cls, (vtype, entity_id, label, outgoing, vid))
 
 
-@dataclass(slots=True)
 class Transformed:
-    """What one event says about its entity."""
+    """What one event says about its entity.
 
-    vid: str
-    props: dict[str, Any]
-    refs: list[Ref] = field(default_factory=list)
-    # Edge kinds (label, outgoing, neighbour type) this entity's events define in
-    # full: an edge of such a kind that the event does not mention is removed.
-    # A neighbour type of None means any type (an alarm's one resource).
-    owned: tuple[tuple[str, bool, str | None], ...] = ()
-    deleted: bool = False
+    ``owned``: the edge kinds (label, outgoing, neighbour type) this entity's events
+    define in full: an edge of such a kind that the event does not mention is
+    removed. A neighbour type of None means any type (an alarm's one resource).
+    """
+
+    __slots__ = ("deleted", "owned", "props", "refs", "vid")
+
+    def __init__(
+        self,
+        vid: str,
+        props: dict[str, Any],
+        refs: list[Ref] | None = None,
+        owned: tuple[tuple[str, bool, str | None], ...] = (),
+        deleted: bool = False,
+    ) -> None:
+        self.vid = vid
+        self.props = props
+        self.refs = [] if refs is None else refs
+        self.owned = owned
+        self.deleted = deleted
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.vid, self.props, self.refs, self.owned, self.deleted)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Transformed) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "Transformed(vid=%r, props=%r, refs=%r, owned=%r, deleted=%r)" % self._fields()  # noqa: UP031
 
 
-# (event, states, the event's formatted sample_timestamp) -> what it says
-Transformer = Callable[[Event, StateNormalizer, str], Transformed]
+# An event's fields are read from its ``__dict__`` (``Fields``), once: a pydantic
+# model's attribute goes through ``BaseModel.__getattr__``'s slot, several times
+# slower than a dict lookup (in Python and in the compiled module alike).
+Fields = dict[str, Any]
+
+# (the event's fields, states, its formatted sample_timestamp) -> what it says
+Transformer = Callable[[Fields, StateNormalizer, str], Transformed]
 
 
-def _require(payload: dict[str, Any], key: str, event: Event) -> Any:
+def _require(payload: dict[str, Any], key: str, f: Fields) -> Any:
     value = payload.get(key)
     if value is None or value == "":
-        raise MalformedEvent(f"{event.entity_type} event {event.event_id}: payload.{key} missing")
+        raise MalformedEvent(f"{f['entity_type']} event {f['event_id']}: payload.{key} missing")
     return value
 
 
-def _ref_id(event: Event, key: str, value: Any) -> str:
+def _ref_id(f: Fields, key: str, value: Any) -> str:
     """A reference to another entity: its datasource id, which must be a string or
     an integer (checked here, before the processor changes any state)."""
     if isinstance(value, str) and value:
@@ -141,15 +165,15 @@ def _ref_id(event: Event, key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise MalformedEvent(
-        f"{event.entity_type} event {event.event_id}: payload.{key} must be a non-empty "
+        f"{f['entity_type']} event {f['event_id']}: payload.{key} must be a non-empty "
         f"entity id, not {value!r}"[:300]
     )
 
 
-def _resource(event: Event, states: StateNormalizer, stamp: str) -> dict[str, Any]:
-    payload = event.payload
-    etype = event.entity_type
-    eid = event.entity_id
+def _resource(f: Fields, states: StateNormalizer, stamp: str) -> dict[str, Any]:
+    payload = f["payload"]
+    etype = f["entity_type"]
+    eid = f["entity_id"]
     state = payload.get("state")
     # The payload's keys first, then ours (a payload key of the same name keeps its
     # position and takes our value): the key order is part of the logged change.
@@ -161,7 +185,7 @@ def _resource(event: Event, states: StateNormalizer, stamp: str) -> dict[str, An
         "id": eid,
         "name": payload.get("name", eid),
         "state": state,
-        DATASOURCE: event.source,
+        DATASOURCE: f["source"],
         SAMPLE_TS: stamp,
         IS_DELETED: False,
         IS_PLACEHOLDER: False,
@@ -170,78 +194,80 @@ def _resource(event: Event, states: StateNormalizer, stamp: str) -> dict[str, An
 
 
 def _simple(
-    refs_of: Callable[[Event], list[Ref]], owned: tuple[tuple[str, bool, str], ...]
+    refs_of: Callable[[Fields], list[Ref]], owned: tuple[tuple[str, bool, str], ...]
 ) -> Transformer:
-    def transform(event: Event, states: StateNormalizer, stamp: str) -> Transformed:
-        props = _resource(event, states, stamp)
-        return Transformed(props[VID], props, refs_of(event), owned)
+    def transform(f: Fields, states: StateNormalizer, stamp: str) -> Transformed:
+        props = _resource(f, states, stamp)
+        return Transformed(props[VID], props, refs_of(f), owned)
 
     return transform
 
 
-def _zone_refs(e: Event) -> list[Ref]:
-    cluster = _ref_id(e, "cluster", e.payload.get("cluster") or DEFAULT_CLUSTER)
+def _zone_refs(f: Fields) -> list[Ref]:
+    cluster = _ref_id(f, "cluster", f["payload"].get("cluster") or DEFAULT_CLUSTER)
     return [Ref(_CLUSTER, cluster, CONTAINS, False)]
 
 
-def _host_refs(e: Event) -> list[Ref]:
-    zone = e.payload.get("zone")
-    return [Ref(_ZONE, _ref_id(e, "zone", zone), CONTAINS, False)] if zone else []
+def _host_refs(f: Fields) -> list[Ref]:
+    zone = f["payload"].get("zone")
+    return [Ref(_ZONE, _ref_id(f, "zone", zone), CONTAINS, False)] if zone else []
 
 
-def _instance_refs(e: Event) -> list[Ref]:
-    host = e.payload.get("host")
-    return [Ref(_HOST, _ref_id(e, "host", host), CONTAINS, False)] if host else []
+def _instance_refs(f: Fields) -> list[Ref]:
+    host = f["payload"].get("host")
+    return [Ref(_HOST, _ref_id(f, "host", host), CONTAINS, False)] if host else []
 
 
-def _port_refs(e: Event) -> list[Ref]:
+def _port_refs(f: Fields) -> list[Ref]:
     refs = []
-    if net := e.payload.get("network_id"):
-        refs.append(Ref(_NETWORK, _ref_id(e, "network_id", net), CONTAINS, False))
-    if dev := e.payload.get("device_id"):
-        refs.append(Ref(_INSTANCE, _ref_id(e, "device_id", dev), ATTACHED, True))
+    payload = f["payload"]
+    if net := payload.get("network_id"):
+        refs.append(Ref(_NETWORK, _ref_id(f, "network_id", net), CONTAINS, False))
+    if dev := payload.get("device_id"):
+        refs.append(Ref(_INSTANCE, _ref_id(f, "device_id", dev), ATTACHED, True))
     return refs
 
 
-def _volume_refs(e: Event) -> list[Ref]:
-    attached = e.payload.get("attached_to") or []
+def _volume_refs(f: Fields) -> list[Ref]:
+    attached = f["payload"].get("attached_to") or []
     if isinstance(attached, str):
         attached = [attached]
     if not isinstance(attached, list):
-        raise MalformedEvent(f"cinder.volume event {e.event_id}: attached_to must be a list")
-    return [Ref(_INSTANCE, _ref_id(e, "attached_to", i), ATTACHED, True) for i in attached]
+        raise MalformedEvent(f"cinder.volume event {f['event_id']}: attached_to must be a list")
+    return [Ref(_INSTANCE, _ref_id(f, "attached_to", i), ATTACHED, True) for i in attached]
 
 
-def _no_refs(e: Event) -> list[Ref]:
+def _no_refs(f: Fields) -> list[Ref]:
     return []
 
 
-def _alarm(event: Event, states: StateNormalizer, stamp: str) -> Transformed:
-    payload = event.payload
-    etype = event.entity_type
-    name = _require(payload, "name", event)
-    rtype = _require(payload, "resource_type", event)
+def _alarm(f: Fields, states: StateNormalizer, stamp: str) -> Transformed:
+    payload = f["payload"]
+    etype = f["entity_type"]
+    name = _require(payload, "name", f)
+    rtype = _require(payload, "resource_type", f)
     if not isinstance(rtype, str):
         raise MalformedEvent(
-            f"{etype} event {event.event_id}: payload.resource_type must be a string"
+            f"{etype} event {f['event_id']}: payload.resource_type must be a string"
         )
-    rid = _ref_id(event, "resource_id", _require(payload, "resource_id", event))
+    rid = _ref_id(f, "resource_id", _require(payload, "resource_id", f))
     status = str(payload.get("status", "firing")).lower()
     if status not in ("firing", "resolved"):
-        raise MalformedEvent(f"{etype} event {event.event_id}: status must be firing or resolved")
+        raise MalformedEvent(f"{etype} event {f['event_id']}: status must be firing or resolved")
     severity = payload.get("severity")
     op_sev = states.operational(etype, severity)
-    vid = vertex_id(ALARM, etype, event.entity_id)
+    eid = f["entity_id"]
+    vid = vertex_id(ALARM, etype, eid)
     ref = Ref(rtype, rid, ON, True)
     props: dict[str, Any] = {
         **payload,
         VID: vid,
         CATEGORY: ALARM,
         TYPE: etype,
-        "id": event.entity_id,
+        "id": eid,
         "name": name,
         "state": "Active" if status == "firing" else "Inactive",
-        DATASOURCE: event.source,
+        DATASOURCE: f["source"],
         SAMPLE_TS: stamp,
         IS_DELETED: False,
         IS_PLACEHOLDER: False,
@@ -280,11 +306,17 @@ def transform(event: Event, states: StateNormalizer, stamp: str | None = None) -
     ``stamp`` is ``format_timestamp(event.sample_timestamp)`` when the caller has it
     already (the processor formats each event's time once).
     """
-    fn = TRANSFORMERS.get(event.entity_type)
-    if not event.entity_id:
-        raise MalformedEvent(f"event {event.event_id}: entity_id is required for {event.action}")
+    return transform_fields(event.__dict__, states, stamp)
+
+
+def transform_fields(f: Fields, states: StateNormalizer, stamp: str | None = None) -> Transformed:
+    """:func:`transform` given the event's fields (its ``__dict__``)."""
+    etype = f["entity_type"]
+    fn = TRANSFORMERS.get(etype)
+    if not f["entity_id"]:
+        raise MalformedEvent(f"event {f['event_id']}: entity_id is required for {f['action']}")
     if fn is None:
-        raise MalformedEvent(f"event {event.event_id}: no transformer for {event.entity_type!r}")
+        raise MalformedEvent(f"event {f['event_id']}: no transformer for {etype!r}")
     if stamp is None:
-        stamp = format_timestamp(event.sample_timestamp)
-    return fn(event, states, stamp)
+        stamp = format_timestamp(f["sample_timestamp"])
+    return fn(f, states, stamp)

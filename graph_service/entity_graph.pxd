@@ -1,0 +1,32 @@
+# Cython declarations for entity_graph.py (setup.py compiles it when it can): C types
+# for the attributes and locals of the hot path. The .py file stays the one source
+# of behaviour; this file only says what the compiler may assume.
+cimport cython
+
+cdef object _intern
+
+cpdef object _own(object value)
+
+@cython.locals(t=object)
+cdef void _update(dict attrs, dict setting, object unsetting) except *
+
+cdef class EntityGraph:
+    cdef public object _g
+    cdef dict _nodes, _succ, _pred
+    cdef public dict _deleted
+    cdef public Py_ssize_t _edges
+    cdef public Py_ssize_t _holes
+    cdef public object _due_from
+
+    @cython.locals(nodes=dict, succ=dict, pred=dict, deleted=dict, attrs=dict, out=dict,
+                   keys=dict, op=object)
+    cpdef apply(self, object changes)
+    cpdef _adopt(self, object g)
+    cpdef _track_deleted(self, object vid, dict attrs)
+    @cython.locals(deleted=dict, tail=list)
+    cpdef _index_deleted(self, object vid, object when)
+    cpdef object vertex(self, object vid)
+    cpdef dict successors(self, object vid)
+    cpdef dict predecessors(self, object vid)
+    @cython.locals(out=list)
+    cpdef list deleted_before(self, object cutoff)

@@ -1,0 +1,55 @@
+# Cython declarations for processor.py (setup.py compiles it when it can): C types for
+# the attributes and locals of the per-event path. The .py file stays the one source
+# of behaviour; this file only says what the compiler may assume.
+cimport cython
+
+from graph_service.entity_graph cimport EntityGraph
+
+cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE
+
+
+cdef class Outcome:
+    cdef public object event
+    cdef public object status
+    cdef public list changes
+
+
+cdef class RecentIds:
+    cdef public Py_ssize_t capacity
+    cdef public object _order
+    cdef public dict _ids
+
+    @cython.locals(ids=dict)
+    cpdef add(self, object event_id)
+
+
+cdef class Processor:
+    cdef public EntityGraph graph
+    cdef public object states
+    cdef public object min_time_to_delete
+    cdef public RecentIds recent
+    cdef public object clock
+    cdef public dict _round
+    cdef public object actions
+    cdef public bint _index_later
+
+    @cython.locals(changes=list, old=dict)
+    cpdef Outcome process(self, object event)
+    cpdef object _bookkeep(self, object event_id, object source, object etype,
+                           object entity_id, object action, object ts)
+    @cython.locals(changed=dict, removed=list)
+    cpdef _upsert(self, object vid, dict props, dict old, list changes)
+    @cython.locals(g=EntityGraph, wanted=set, stale=list, keyed=dict, edge=dict,
+                   adjacency=dict)
+    cpdef _link(self, object vid, list refs, tuple owned, object stamp, list changes)
+    cpdef list _due_for_purge(self)
+
+
+cdef class _Emitter:
+    cdef public EntityGraph graph
+    cdef public list changes
+
+
+cpdef bint _same(object a, object b) except -1
+cpdef bint _is_newer(dict attrs, object ts) except -1
+cpdef dict _placeholder(object vid, object ref, object stamp)

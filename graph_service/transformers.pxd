@@ -1,0 +1,19 @@
+# Cython declarations for transformers.py (setup.py compiles it when it can). The .py
+# file stays the one source of behaviour; this file only says what the compiler may
+# assume.
+cimport cython
+
+
+cdef class Transformed:
+    cdef public object vid
+    cdef public dict props
+    cdef public list refs
+    cdef public tuple owned
+    cdef public bint deleted
+
+
+cpdef str category_of(object entity_type)
+@cython.locals(payload=dict)
+cpdef dict _resource(dict f, object states, object stamp)
+@cython.locals(fn=object)
+cpdef Transformed transform_fields(dict f, object states, object stamp=*)

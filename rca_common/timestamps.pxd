@@ -1,0 +1,8 @@
+# Cython declarations for timestamps.py (setup.py compiles it when it can): with the
+# argument typed as a datetime, its fields are read through CPython's C macros.
+cimport cython
+from cpython.datetime cimport datetime
+
+
+@cython.locals(minute=tuple)
+cpdef str format_timestamp(datetime ts)
