@@ -8,11 +8,20 @@ they are never compared as strings.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from rca_common.timestamps import format_timestamp
 
@@ -61,6 +70,15 @@ class Event(BaseModel):
     action: Action
     sample_timestamp: AwareDatetime
     payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sample_timestamp")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        """The same instant with ``datetime.UTC`` as its tzinfo. pydantic parses "Z" to
+        its own ``TzInfo``: comparing two datetimes whose tzinfo objects differ, or
+        formatting one, calls ``utcoffset()`` on them, and the processor does both for
+        every event (measured: 7 % of its instructions)."""
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-ready dict, timestamps in their one textual form.
