@@ -36,10 +36,10 @@ import asyncpg
 
 from graph_service.evaluation import ReplayDirt
 from graph_service.gc_policy import freeze_heap
+from graph_service.log_replay import ReplayGap
 from graph_service.processor import Processor
 from graph_service.recovery import (
     RecoveryReport,
-    ReplayGap,
     evaluators_enabled,
     last_fresh_epoch,
     replay_log,

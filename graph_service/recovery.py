@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from graph_service import crashpoints
+from graph_service.log_replay import OnRecord, replay_rows
 from graph_service.processor import Processor
 from rca_common import db
 from rca_common.logging import get_logger
@@ -27,10 +28,6 @@ log = get_logger(__name__)
 
 REPLAY_CHUNK = 5000
 PROGRESS_EVERY = 2.0
-
-
-class ReplayGap(RuntimeError):
-    """The log has a hole after the snapshot: replay cannot rebuild the graph exactly."""
 
 
 @dataclass
@@ -102,7 +99,7 @@ async def replay_log(
     upto_seq: int,
     snapshot_epoch: int,
     report: RecoveryReport,
-    on_record: Callable[[int, int, dict[str, Any], list[Any]], None] | None = None,
+    on_record: OnRecord | None = None,
     *,
     takeover: bool = True,
 ) -> int:
@@ -148,18 +145,11 @@ async def replay_log(
         try:
             if following is not None:
                 await asyncio.sleep(0)  # the task sends its query
-            for seq, epoch, record in rows:
-                if epoch < snapshot_epoch:
-                    report.replay_skipped_stale += 1
-                    continue
-                if seq != expected:
-                    raise ReplayGap(f"log gap: expected seq {expected}, found {seq}")
-                data = orjson.loads(record)
-                processor.replay_wire(data["event"], data["changes"])
-                if on_record is not None:
-                    on_record(seq, epoch, data["event"], data["changes"])
-                expected = seq + 1
-                done += 1
+            expected, applied, skipped = replay_rows(
+                processor, rows, expected, snapshot_epoch, on_record
+            )
+            done += applied
+            report.replay_skipped_stale += skipped
         except BaseException:
             if following is not None:
                 following.cancel()

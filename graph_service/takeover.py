@@ -20,10 +20,10 @@ from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
 from graph_service.log_publisher import AmqpLogSink
+from graph_service.log_replay import ReplayGap
 from graph_service.processor import Processor
 from graph_service.recovery import (
     RecoveryReport,
-    ReplayGap,
     evaluators_enabled,
     last_fresh_epoch,
     log_end,

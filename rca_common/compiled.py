@@ -17,6 +17,7 @@ COMPILED = (
     "graph_service.transformers",
     "graph_service.states",
     "graph_service.processor",
+    "graph_service.log_replay",
 )
 
 

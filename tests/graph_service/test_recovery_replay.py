@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from graph_service import recovery
+from graph_service.log_replay import ReplayGap
 from graph_service.processor import Processor
-from graph_service.recovery import RecoveryReport, ReplayGap, replay_log
+from graph_service.recovery import RecoveryReport, replay_log
 from tests.graph_service.snapshot_helpers import build_processor, event
 
 
