@@ -18,6 +18,12 @@ COMPILED = (
     "graph_service.states",
     "graph_service.processor",
     "graph_service.log_replay",
+    # the evaluator's pure core: template matching, conditions, the action registry
+    "graph_service.conditions",
+    "graph_service.matcher",
+    "graph_service.actions",
+    "graph_service.evaluator",
+    "graph_service.evaluation",
 )
 
 
