@@ -67,4 +67,8 @@ def extensions() -> list:  # type: ignore[type-arg]
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
+)

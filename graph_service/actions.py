@@ -35,7 +35,6 @@ same graph as writing them after each step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -104,14 +103,29 @@ def deduced_alarm_id(target: str, alarm_name: str) -> str:
     return f"{target}:{alarm_name}"
 
 
-@dataclass(frozen=True, slots=True)
 class Step:
-    """One bookkeeping step; ``record`` is the activation (None for a deactivation)."""
+    """One bookkeeping step; ``record`` is the activation (None for a deactivation).
 
-    op: str
-    action_key: str
-    match_key: str
-    record: Record | None
+    A plain class, not a frozen dataclass: replay builds one per logged step, and a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``
+    (compiled, actions.pxd makes the fields read-only)."""
+
+    __slots__ = ("action_key", "match_key", "op", "record")
+
+    def __init__(self, op: str, action_key: str, match_key: str, record: Record | None) -> None:
+        self.op = op
+        self.action_key = action_key
+        self.match_key = match_key
+        self.record = record
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.op, self.action_key, self.match_key, self.record)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Step) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "Step(op=%r, action_key=%r, match_key=%r, record=%r)" % self._fields()  # noqa: UP031
 
 
 def parse_steps(payload: dict[str, Any], event_id: str) -> list[Step]:

@@ -14,6 +14,11 @@ cdef class Outcome:
     cdef public list changes
 
 
+cdef class EventKey:
+    cdef readonly object event_id, source, entity_type, entity_id, action
+    cdef readonly object sample_timestamp, payload
+
+
 cdef class RecentIds:
     cdef public Py_ssize_t capacity
     cdef public object _order

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -92,17 +91,40 @@ class Outcome:
         return self.status is not _DUPLICATE
 
 
-@dataclass(slots=True, frozen=True)
 class EventKey:
-    """The fields of an event that bookkeeping reads: all replay needs of a record."""
+    """The fields of an event that bookkeeping reads: all replay needs of a record.
 
-    event_id: str
-    source: str
-    entity_type: str
-    entity_id: str
-    action: Action
-    sample_timestamp: datetime
-    payload: dict[str, Any] | None = None  # kept for evaluator actions only
+    A plain class (compiled, processor.pxd makes its fields read-only): replay builds
+    one per logged evaluator round, and a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``."""
+
+    __slots__ = (
+        "action",
+        "entity_id",
+        "entity_type",
+        "event_id",
+        "payload",
+        "sample_timestamp",
+        "source",
+    )
+
+    def __init__(
+        self,
+        event_id: str,
+        source: str,
+        entity_type: str,
+        entity_id: str,
+        action: Action,
+        sample_timestamp: datetime,
+        payload: dict[str, Any] | None = None,  # kept for evaluator actions only
+    ) -> None:
+        self.event_id = event_id
+        self.source = source
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.action = action
+        self.sample_timestamp = sample_timestamp
+        self.payload = payload
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> EventKey:

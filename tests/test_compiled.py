@@ -1,6 +1,7 @@
 """The compiled pure core (setup.py, rca_common/compiled.py) runs the same code as its
-Python source: the same stream gives the same outcomes, changes, graph bytes and
-bookkeeping, compiled in this process and from the sources in a fresh one."""
+Python source: the same streams give the same outcomes, changes, graph bytes,
+bookkeeping and evaluator actions, compiled in this process and from the sources in a
+fresh one."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ PACKAGES = ("rca_common", "graph_service", "tests")
 
 
 def digest(seed: int = 5, steps: int = 2500) -> str:
-    """Everything the processor produced for a seeded stream, hashed (see
-    tests/graph_service/test_determinism.py for what the stream exercises)."""
+    """Everything the processor and the evaluator produced for seeded streams, hashed
+    (see tests/graph_service/test_determinism.py for what the first stream exercises)."""
     from graph_service.processor import Processor
     from graph_service.transformers import MalformedEvent
     from tests.graph_service.core_helpers import bookkeeping, graph_bytes
@@ -41,6 +42,16 @@ def digest(seed: int = 5, steps: int = 2500) -> str:
         h.update(orjson.dumps(outcome.changes))
     h.update(graph_bytes(p))
     h.update(pickle.dumps(bookkeeping(p), protocol=5))
+    # The evaluator with the shipped templates, to the fixpoint of every event (see
+    # tests/graph_service/test_evaluator_replay.py for what the storms exercise).
+    from tests.graph_service.test_evaluator_replay import Storms, env, fingerprint, run
+
+    e = env()
+    log = fingerprint(run(e, Storms(seed).generate(300)))
+    # Event ids come from a counter shared by the test helpers: not part of the result.
+    h.update(pickle.dumps([(status, changes) for _, status, changes in log], protocol=5))
+    h.update(graph_bytes(e.p))
+    h.update(pickle.dumps(e.p.actions.export(), protocol=5))
     return h.hexdigest()
 
 

@@ -1,0 +1,15 @@
+# Cython declarations for actions.py (setup.py compiles it when it can). The .py file
+# stays the one source of behaviour; this file only says what the compiler may assume.
+cimport cython
+
+
+cdef class Step:
+    cdef readonly object op
+    cdef readonly object action_key
+    cdef readonly object match_key
+    cdef readonly object record
+
+
+@cython.locals(record=dict)
+cpdef Step _step(dict payload)
+cpdef list steps_of(dict payload)
