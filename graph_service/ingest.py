@@ -303,7 +303,8 @@ class Ingest:
         """Sequence an outcome and hand its record to the sink: per event, so keep it lean
         (the lag gauge and the last sample time are set per message, in :meth:`handle`)."""
         event = outcome.event
-        key = (event.entity_type, outcome.status)
+        f = event.__dict__  # the model's fields, without BaseModel.__getattr__'s slot
+        key = (f["entity_type"], outcome.status)
         self._uncounted[key] = self._uncounted.get(key, 0) + 1
         self.drained_events += 1
         if not outcome.logged:
@@ -311,9 +312,9 @@ class Ingest:
         self.seq += 1
         now = time.time()
         self.last_event_at = now
-        self._last_sample = event.sample_timestamp
-        if event.action == "end_snapshot":
-            self.end_snapshots[event.source] = self.end_snapshots.get(event.source, 0) + 1
+        self._last_sample = f["sample_timestamp"]
+        if f["action"] == "end_snapshot":
+            self.end_snapshots[f["source"]] = self.end_snapshots.get(f["source"], 0) + 1
         if self.sink.keeps_records:
             self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
         else:

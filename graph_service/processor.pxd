@@ -5,7 +5,7 @@ cimport cython
 
 from graph_service.entity_graph cimport EntityGraph
 
-cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE
+cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE, _MISSING
 
 
 cdef class Outcome:
@@ -42,7 +42,7 @@ cdef class Processor:
     cpdef Outcome process(self, object event)
     cpdef object _bookkeep(self, object event_id, object source, object etype,
                            object entity_id, object action, object ts)
-    @cython.locals(changed=dict, removed=list)
+    @cython.locals(changed=dict, removed=list, shared=Py_ssize_t)
     cpdef _upsert(self, object vid, dict props, dict old, list changes)
     @cython.locals(g=EntityGraph, wanted=set, stale=list, keyed=dict, edge=dict,
                    adjacency=dict)

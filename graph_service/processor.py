@@ -389,15 +389,23 @@ class Processor:
         else:
             # A value is unchanged only if equal *and* of the same JSON type, all the
             # way down (see _same); the cheap != first, as most keys are unchanged.
-            changed = {
-                k: v
-                for k, v in props.items()
-                if k not in old
-                or (ov := old[k]) != v
-                or (t := type(v)) is not type(ov)
-                or (t in _CONTAINERS and not _same(ov, v))
-            }
-            if old.keys() <= props.keys():  # C-speed check for the usual case
+            changed = {}
+            shared = 0  # keys of props that old has too
+            for k, v in props.items():
+                ov = old.get(k, _MISSING)
+                if ov is _MISSING:
+                    changed[k] = v
+                    continue
+                shared += 1
+                if ov is v:
+                    continue
+                if (
+                    ov != v
+                    or (t := type(v)) is not type(ov)
+                    or (t in _CONTAINERS and not _same(ov, v))
+                ):
+                    changed[k] = v
+            if shared == len(old):  # old has no key that props lacks: the usual case
                 removed = []
             else:
                 removed = [k for k in old if k not in props and k not in EVALUATOR_OWNED]
@@ -523,6 +531,7 @@ class _Emitter:
 
 
 _CONTAINERS = frozenset((list, dict))
+_MISSING = object()  # a dict.get default that no property value is
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -86,15 +86,16 @@ class Event(BaseModel):
         Built by hand (not ``model_dump``): every logged event passes here. The payload
         and extra fields are shared, not copied: events are frozen and nobody mutates them.
         """
+        f = self.__dict__  # a model's attribute goes through BaseModel.__getattr__'s slot
         data = {
-            "version": self.version,
-            "event_id": self.event_id,
-            "source": self.source,
-            "entity_type": self.entity_type,
-            "entity_id": self.entity_id,
-            "action": self.action._value_,  # the member's own attribute: faster than .value
-            "sample_timestamp": format_timestamp(self.sample_timestamp),
-            "payload": self.payload,
+            "version": f["version"],
+            "event_id": f["event_id"],
+            "source": f["source"],
+            "entity_type": f["entity_type"],
+            "entity_id": f["entity_id"],
+            "action": f["action"]._value_,  # the member's own attribute: faster than .value
+            "sample_timestamp": format_timestamp(f["sample_timestamp"]),
+            "payload": f["payload"],
         }
         if self.__pydantic_extra__:
             data.update(self.__pydantic_extra__)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,15 +34,52 @@ _KIND_CODES = {KIND_EVENT: 0, KIND_BARRIER: 1}
 _KINDS = (KIND_EVENT, KIND_BARRIER)
 
 
-@dataclass(slots=True)
 class LogRecord:
-    seq: int
-    epoch: int
-    processed_at: float
-    event: dict[str, Any]  # the input event, wire form (only its event_id when ``body`` is)
-    changes: list[list[Any]]
-    kind: str = KIND_EVENT
-    body: bytes | None = None  # {"event", "changes"} as logged, when read from a frame
+    """One record: ``event`` is the input event in wire form (only its event_id once
+    ``body`` holds the logged JSON, as when read from a frame or sealed).
+
+    A plain class, not a dataclass: the active builds one per event, and records.pxd
+    gives it C fields when compiled (setup.py)."""
+
+    __slots__ = ("body", "changes", "epoch", "event", "kind", "processed_at", "seq")
+
+    def __init__(
+        self,
+        seq: int,
+        epoch: int,
+        processed_at: float,
+        event: dict[str, Any],
+        changes: list[list[Any]],
+        kind: str = KIND_EVENT,
+        body: bytes | None = None,
+    ) -> None:
+        self.seq = seq
+        self.epoch = epoch
+        self.processed_at = processed_at
+        self.event = event
+        self.changes = changes
+        self.kind = kind
+        self.body = body
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.seq,
+            self.epoch,
+            self.processed_at,
+            self.event,
+            self.changes,
+            self.kind,
+            self.body,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LogRecord) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (
+            "LogRecord(seq=%r, epoch=%r, processed_at=%r, event=%r, changes=%r, kind=%r, body=%r)"  # noqa: UP031
+            % self._fields()
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {
