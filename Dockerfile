@@ -24,19 +24,31 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 
+# A C compiler for this stage only: setup.py compiles the pure core with it (the final
+# stage copies the venv, not the compiler). Where Debian's mirrors cannot be reached,
+# the image is built without one and runs the pure core as Python (/status says so).
+# (Python's headers too, where the base image's Python lacks them.)
+RUN headers="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
+    pkgs="gcc libc6-dev"; [ -f "$headers/Python.h" ] || pkgs="$pkgs python3-dev"; \
+    if apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $pkgs >/dev/null; \
+    then rm -rf /var/lib/apt/lists/*; \
+    else echo "rca-graph: no C compiler here; the image runs the pure core as Python" >&2; fi
+
 # Dependencies first: this layer is rebuilt only when they change.
 COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install -q -r /tmp/requirements.txt wheel
 
-# The project itself, as a regular (non-editable) install into the venv.
-COPY pyproject.toml ./
+# The project itself, as a regular (non-editable) install into the venv; setup.py
+# compiles the pure core when the compiler above is there.
+COPY pyproject.toml setup.py ./
 COPY rca_common ./rca_common
 COPY graph_service ./graph_service
 COPY persistor_service ./persistor_service
 COPY collector_stub ./collector_stub
 COPY failover_drill ./failover_drill
 RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation . \
- && /opt/venv/bin/python -c "import graph_service.main, persistor_service.main, collector_stub.main"
+ && /opt/venv/bin/python -c "import graph_service.main, persistor_service.main, collector_stub.main" \
+ && /opt/venv/bin/python -c "from rca_common import compiled; print('compiled:', compiled.status())"
 
 # ---------------------------------------------------------------- final stage
 FROM ${BASE_IMAGE}

@@ -2,9 +2,9 @@
 
 The modules in ``rca_common/compiled.py`` are plain Python and stay so: compiled,
 they run the same code with less interpreter overhead per event (README,
-Benchmarks). Compiling is optional. Without Cython or a C compiler (the slim
-container image has none), or with ``RCA_PURE_PYTHON=1``, the package installs as
-pure Python and says so on stderr; ``/status`` shows which modules are compiled.
+Benchmarks). Compiling is optional. Without Cython or a C compiler, or with
+``RCA_PURE_PYTHON=1``, the package installs as pure Python and says so on stderr;
+``/status`` shows which modules are compiled.
 
 After editing one of those modules in a checkout, ``make build`` (or any make
 target that runs code) recompiles it: a stale extension would shadow the edit.
