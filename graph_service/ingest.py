@@ -27,9 +27,8 @@ from graph_service.metrics import Metrics
 from graph_service.processor import Outcome, Processor, Status
 from graph_service.transformers import MalformedEvent
 from rca_common.broker import BrokerTopology, dead_letter
-from rca_common.events import Event, MalformedMessage, decode_events
+from rca_common.events import Event, MalformedMessage, decode_wire
 from rca_common.logging import get_logger
-from rca_common.records import LogRecord
 
 log = get_logger(__name__)
 
@@ -45,7 +44,14 @@ class LogSink(Protocol):
     confirmed_seq: int
     keeps_records: bool
 
-    def append(self, record: LogRecord) -> None: ...
+    def append(
+        self,
+        seq: int,
+        epoch: int,
+        processed_at: float,
+        event: dict[str, Any],
+        changes: list[list[Any]],
+    ) -> None: ...
 
     def skip(self, seq: int) -> None: ...
 
@@ -59,14 +65,21 @@ class LogSink(Protocol):
 class ImmediateSink:
     """Persistency off: nothing is published, every seq counts as confirmed at once."""
 
-    keeps_records = False  # the ingest loop builds no record for it (2.7 µs per event)
+    keeps_records = False  # the ingest loop builds no record for it
 
     def __init__(self, on_confirm: Callable[[int], None]) -> None:
         self.confirmed_seq = 0
         self._on_confirm = on_confirm
 
-    def append(self, record: LogRecord) -> None:
-        self.skip(record.seq)
+    def append(
+        self,
+        seq: int,
+        epoch: int,
+        processed_at: float,
+        event: dict[str, Any],
+        changes: list[list[Any]],
+    ) -> None:
+        self.skip(seq)
 
     def skip(self, seq: int) -> None:
         self.confirmed_seq = seq
@@ -279,12 +292,12 @@ class Ingest:
             return
         started = time.perf_counter()
         try:
-            events = decode_events(message.body)
+            events, wires = decode_wire(message.body)
         except MalformedMessage as exc:
             await self._dead_letter(message.body, exc.reason)
             self.tracker.add(message, self.seq)
             return
-        for event in events:
+        for i, event in enumerate(events):
             if time.perf_counter() - self._last_yield > YIELD_EVERY:
                 await self._yield()
             try:
@@ -292,16 +305,18 @@ class Ingest:
             except MalformedEvent as exc:
                 await self._dead_letter(orjson.dumps(event.to_wire()), exc.reason)
                 continue
-            self._accept(outcome)
+            # the received dict is the event's wire form when it was canonical
+            self._accept(outcome, None if wires is None else wires[i])
         self._count()
         self.tracker.add(message, self.seq)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         if self._last_sample is not None:
             self.metrics.lag.set(max(0.0, time.time() - self._last_sample.timestamp()))
 
-    def _accept(self, outcome: Outcome) -> None:
+    def _accept(self, outcome: Outcome, wire: dict[str, Any] | None = None) -> None:
         """Sequence an outcome and hand its record to the sink: per event, so keep it lean
-        (the lag gauge and the last sample time are set per message, in :meth:`handle`)."""
+        (the lag gauge and the last sample time are set per message, in :meth:`handle`).
+        ``wire`` is the event's wire form when the caller has it already."""
         event = outcome.event
         f = event.__dict__  # the model's fields, without BaseModel.__getattr__'s slot
         key = (f["entity_type"], outcome.status)
@@ -316,7 +331,9 @@ class Ingest:
         if f["action"] == "end_snapshot":
             self.end_snapshots[f["source"]] = self.end_snapshots.get(f["source"], 0) + 1
         if self.sink.keeps_records:
-            self.sink.append(LogRecord(self.seq, self.epoch, now, event.to_wire(), outcome.changes))
+            if wire is None:
+                wire = event.to_wire()
+            self.sink.append(self.seq, self.epoch, now, wire, outcome.changes)
         else:
             self.sink.skip(self.seq)
         if self.on_outcome is not None:

@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from graph_service import crashpoints
 from rca_common.logging import get_logger
-from rca_common.records import LogRecord, encode_records
+from rca_common.records import Frames, LogRecord
 
 log = get_logger(__name__)
 
@@ -33,13 +33,6 @@ log = get_logger(__name__)
 # of records alone does not bound a message, and a broker refuses one that is too big
 # (RabbitMQ 4 defaults to 16 MiB), which would make the active fence itself.
 MAX_BATCH_WEIGHT = 20_000
-
-
-def record_weight(record: LogRecord) -> int:
-    """About how much a record adds to a message: one, plus its changes and steps."""
-    payload = record.event.get("payload")
-    steps = payload.get("steps") if isinstance(payload, dict) else None
-    return 1 + len(record.changes) + (len(steps) if isinstance(steps, list) else 0)
 
 
 class LogPublishError(RuntimeError):
@@ -67,8 +60,7 @@ class AmqpLogSink:
         self._batch_max = batch_max
         self._batch_delay = batch_delay
         self._max_unconfirmed = max_unconfirmed
-        self._batch: list[LogRecord] = []
-        self._weight = 0  # of the batch being filled (see MAX_BATCH_WEIGHT)
+        self._frames = Frames()  # the batch being filled
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: deque[tuple[int, asyncio.Task[Any]]] = deque()
         self._last_appended = 0
@@ -82,19 +74,36 @@ class AmqpLogSink:
         self.confirmed_seq = self._last_appended = seq
 
     # ---------------------------------------------------------------- appending
-    def append(self, record: LogRecord) -> None:
+    def append(
+        self,
+        seq: int,
+        epoch: int,
+        processed_at: float,
+        event: dict[str, Any],
+        changes: list[list[Any]],
+    ) -> None:
+        """Frame an event record into the batch being filled (per event: keep it lean)."""
         if self.failed is not None:
             raise LogPublishError("record log is broken; not accepting records") from self.failed
-        self._weight += record_weight(record)
-        record.seal()
-        self._batch.append(record)
-        self._last_appended = record.seq
-        if len(self._batch) >= self._batch_max or self._weight >= MAX_BATCH_WEIGHT:
+        self._frames.add_event(seq, epoch, processed_at, event, changes)
+        self._appended(seq)
+
+    def append_record(self, record: LogRecord) -> None:
+        """Any record, already built (a barrier, a record read back)."""
+        if self.failed is not None:
+            raise LogPublishError("record log is broken; not accepting records") from self.failed
+        self._frames.add(record)
+        self._appended(record.seq)
+
+    def _appended(self, seq: int) -> None:
+        self._last_appended = seq
+        frames = self._frames
+        if frames.count >= self._batch_max or frames.weight >= MAX_BATCH_WEIGHT:
             self._publish_batch()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._batch_delay, self._publish_batch)
-        if self._last_appended - self.confirmed_seq >= self._max_unconfirmed:
+        if seq - self.confirmed_seq >= self._max_unconfirmed:
             self._room.clear()
 
     def skip(self, seq: int) -> None:
@@ -108,19 +117,18 @@ class AmqpLogSink:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._batch:
+        frames = self._frames
+        if not frames.count:
             return
-        batch, self._batch = self._batch, []
-        self._weight = 0
-        body = encode_records(batch)
+        first_seq, last_seq = frames.first_seq, frames.last_seq
         message = aio_pika.Message(
-            body,
+            frames.take(),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
-            headers={"x-rca-first-seq": batch[0].seq, "x-rca-last-seq": batch[-1].seq},
+            headers={"x-rca-first-seq": first_seq, "x-rca-last-seq": last_seq},
         )
         task = asyncio.ensure_future(self.exchange.publish(message, "", mandatory=True))
-        self._inflight.append((batch[-1].seq, task))
+        self._inflight.append((last_seq, task))
         task.add_done_callback(self._on_done)
         self.published_batches += 1
         crashpoints.hit("publish")
@@ -166,7 +174,7 @@ class AmqpLogSink:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._batch.clear()
+        self._frames = Frames()
         self.failed = self.failed or LogPublishError("closed")
 
 

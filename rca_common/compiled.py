@@ -13,6 +13,7 @@ from pathlib import Path
 
 COMPILED = (
     "rca_common.timestamps",
+    "rca_common.canonical",
     "rca_common.records",
     "graph_service.entity_graph",
     "graph_service.transformers",

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from rca_common.canonical import canonical_events
 from rca_common.timestamps import format_timestamp
 
 SCHEMA_VERSION = 1
@@ -103,7 +104,7 @@ class Event(BaseModel):
 
 
 _EVENTS = TypeAdapter(list[Event])
-_EVENT = TypeAdapter(Event)
+_ACTIONS = {a.value: a for a in Action}
 
 
 class MalformedMessage(ValueError):
@@ -120,6 +121,16 @@ def decode_events(body: bytes) -> list[Event]:
     Raises :class:`MalformedMessage` with a one-line reason when the body is not
     JSON or an event violates the schema.
     """
+    return decode_wire(body)[0]
+
+
+def decode_wire(body: bytes) -> tuple[list[Event], list[dict[str, Any]] | None]:
+    """:func:`decode_events`, and the received dicts when they are the events' wire
+    form already (``to_wire()`` would build equal dicts), else ``None``.
+
+    Canonical events skip pydantic's validation (:mod:`rca_common.canonical`);
+    anything else, and every error, goes through the model.
+    """
     # orjson parses strictly (no NaN/Infinity, which pydantic's parser accepts but
     # orjson, the encoder of every logged event and change, would write as null:
     # the replayed graph would then differ from the live one).
@@ -127,13 +138,16 @@ def decode_events(body: bytes) -> list[Event]:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    fast = canonical_events(items, Event, _ACTIONS, SCHEMA_VERSION)
+    if fast is not None:
+        return fast, items
     try:
-        if isinstance(data, list):
-            return _EVENTS.validate_python(data)
-        return [_EVENT.validate_python(data)]
+        return _EVENTS.validate_python(items), None
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        loc = first["loc"] if isinstance(data, list) else first["loc"][1:]  # one event
+        where = ".".join(str(p) for p in loc)
         raise MalformedMessage(
             f"schema violation at {where or 'body'}: {first['msg']} ({exc.error_count()} error(s))"
         ) from None

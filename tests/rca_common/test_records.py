@@ -8,11 +8,13 @@ import pytest
 from rca_common.records import (
     FRAMED,
     KIND_BARRIER,
+    Frames,
     LogRecord,
     MalformedFrame,
     decode_records,
     encode_records,
     iter_frames,
+    record_weight,
 )
 
 
@@ -45,20 +47,29 @@ def test_a_frame_carries_the_logged_json_as_is() -> None:
     }
 
 
-def test_a_sealed_record_keeps_its_bytes_and_lets_go_of_its_objects() -> None:
-    """What a publisher holds until its batch goes out: the same frames, byte for byte,
-    from the encoded body and the event id alone."""
-    sealed = records()
-    for r in sealed:
-        r.seal()
-    assert encode_records(sealed) == encode_records(records())
-    first, barrier, _ = sealed
-    assert first.body == records()[0].logged() and first.changes == []
-    assert first.event == {"event_id": "ev-é-1"}
-    assert first.input_event() == records()[0].event
-    assert barrier.body is None  # nothing to encode
-    first.seal()  # twice: no change
-    assert first.body == records()[0].logged()
+def test_frames_built_a_record_at_a_time_are_the_encoded_records() -> None:
+    """What the active publishes (each event framed as it is applied) is what
+    encode_records writes for the same records, byte for byte."""
+    event, barrier, last = records()
+    frames = Frames()
+    frames.add_event(event.seq, event.epoch, event.processed_at, event.event, event.changes)
+    frames.add(barrier)
+    frames.add_event(last.seq, last.epoch, last.processed_at, last.event, last.changes)
+    assert (frames.count, frames.first_seq, frames.last_seq) == (3, event.seq, last.seq)
+    assert frames.weight == sum(record_weight(r.event, r.changes) for r in records())
+    assert frames.take() == encode_records(records())
+    assert (frames.count, frames.weight, bytes(frames.buffer)) == (0, 0, FRAMED)  # reset
+    frames.add(last)
+    assert frames.take() == encode_records([last])
+
+
+def test_a_records_weight_counts_its_changes_and_steps() -> None:
+    def weight(changes: int, steps: int = 0) -> int:
+        payload = {"steps": [{"op": "activate"}] * steps} if steps else {"state": "UP"}
+        return record_weight({"event_id": "e", "payload": payload}, [["v"]] * changes)
+
+    assert (weight(0), weight(3), weight(2, steps=5)) == (1, 4, 8)
+    assert record_weight({"event_id": "e"}, []) == 1  # a barrier's, a read-back record's
 
 
 def test_a_json_array_of_records_is_still_read() -> None:
