@@ -390,12 +390,12 @@ async def e2e_measure(
     base_seq = (await dep.status(inst))["last_seq"]
     t0 = time.monotonic()
     publisher = asyncio.create_task(publish_all(dep.collector, events))
-    t_graph = await dep.until_handled(inst, before["collector"] + n, poll=0.05)
+    t_graph = await dep.until_handled(inst, before["collector"] + n)
     # Records: the stream's plus the evaluator's action events (also sequenced and logged).
     last_seq = (await dep.status(inst))["last_seq"]
     out: dict[str, Any] = {"events": n}
     if dep.persistency:
-        t_log = await dep.until_logged(last_seq, poll=0.05)
+        t_log = await dep.until_logged(last_seq)
         out["persisted_s"] = round(t_log - t0, 3)
         out["persisted_events_per_s"] = round(n / (t_log - t0))
     t_pub = await publisher
