@@ -48,10 +48,13 @@ class SeqJump:
 
 @dataclass(slots=True)
 class Segment:
-    """Rows written together, then the barrier (if any) that closed them."""
+    """Rows written together, then the barrier (if any) that closed them. ``new``: every
+    row's seq is past the log's end as this persistor knew it, so that the rows can be
+    copied straight into the log (no row can collide, unless the log moved under us)."""
 
     rows: list[Row]
     barrier: LogRecord | None = None
+    new: bool = False
 
 
 @dataclass(slots=True)
@@ -91,9 +94,15 @@ def plan_batch(state: LogState, records: list[LogRecord]) -> BatchPlan:
     plan = BatchPlan(segments=[])
     current, last, last_epoch = state.current_epoch, state.last_seq, state.last_epoch
     rows: dict[int, Row] = {}  # by seq: one upsert may not touch a row twice
+    known_end = state.last_seq  # the log's end when the batch started
+
+    def segment(barrier: LogRecord | None = None) -> Segment:
+        new = all(seq > known_end for seq in rows)
+        return Segment(list(rows.values()), barrier, new)
+
     for record in records:
         if record.kind == KIND_BARRIER:
-            plan.segments.append(Segment(list(rows.values()), record))
+            plan.segments.append(segment(record))
             rows = {}
             if record.epoch < current:
                 plan.stale_barriers.append(record.epoch)
@@ -117,6 +126,6 @@ def plan_batch(state: LogState, records: list[LogRecord]) -> BatchPlan:
         if held is None or held[1] < record.epoch:
             rows[record.seq] = to_row(record)
     if rows:
-        plan.segments.append(Segment(list(rows.values())))
+        plan.segments.append(segment())
     plan.state = LogState(current, last, last_epoch)
     return plan

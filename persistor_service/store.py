@@ -1,7 +1,10 @@
 """The persistor's side of PostgreSQL: one connection, one transaction a batch.
 
-Rows go in with binary COPY into a session temp table, then one
-``INSERT ... SELECT ... ON CONFLICT`` into ``events``. Measured on the 2-core
+Rows past the log's end as the persistor knows it (the steady state) go in with
+binary COPY straight into ``events``, under a savepoint; the others, or all of
+them when that COPY collides with a row already there, with binary COPY into a
+session temp table, then one ``INSERT ... SELECT ... ON CONFLICT`` into
+``events``. Measured on the 2-core
 development machine with 5k-record batches of ~480-byte records: COPY ~110k
 records/s, ``INSERT ... SELECT unnest($arrays)`` ~78k, pipelined
 ``executemany`` ~65-80k; on redelivery (every row conflicting) 17 ms against
@@ -142,7 +145,9 @@ class LogStore:
         async with conn.transaction():
             for segment in plan.segments:
                 if segment.rows:
-                    await self._upsert(conn, segment.rows, more=segment.barrier is not None)
+                    more = segment.barrier is not None
+                    if not segment.new or not await self._append(conn, segment.rows):
+                        await self._upsert(conn, segment.rows, more=more)
                     last_seq = max(last_seq, max(row[0] for row in segment.rows))
                 if segment.barrier is not None:
                     result.barriers.append(await self._barrier(conn, segment.barrier.epoch))
@@ -151,6 +156,16 @@ class LogStore:
             if last_seq:  # delivered at COMMIT, like the barrier's
                 await conn.execute("SELECT pg_notify($1, $2)", self.log_channel, str(last_seq))
         return result
+
+    async def _append(self, conn: asyncpg.Connection, rows: list[Row]) -> bool:
+        """COPY rows straight into the log; False (nothing written) when one is there
+        already: the log moved past what this persistor knew, and the upsert decides."""
+        try:
+            async with conn.transaction():  # a savepoint: a collision undoes only this
+                await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
 
     async def _upsert(self, conn: asyncpg.Connection, rows: list[Row], more: bool) -> None:
         await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)

@@ -24,6 +24,14 @@ def test_consecutive_records_make_one_segment_and_advance_the_tail() -> None:
     assert not plan.jumps and not plan.suspects and plan.redeliveries == 0
 
 
+def test_segments_past_the_logs_end_are_new_and_go_straight_in() -> None:
+    assert [s.new for s in plan_batch(LogState(1, 10, 1), recs(11, 15)).segments] == [True]
+    redelivered = plan_batch(LogState(1, 10, 1), recs(9, 12))  # 9 and 10 are logged
+    assert [s.new for s in redelivered.segments] == [False]
+    restart = plan_batch(LogState(1, 10, 1), [rec(11), barrier(2), rec(3, epoch=2)])
+    assert [s.new for s in restart.segments] == [True, False]  # 3 of epoch 2 replaces 3
+
+
 def test_row_holds_the_event_and_changes_only() -> None:
     record = rec(1)
     row = plan_batch(LogState(), [record]).segments[0].rows[0]
