@@ -4,6 +4,11 @@
 cimport cython
 
 cdef object _intern
+cdef dict _KEYS
+cdef Py_ssize_t _KEYS_MAX
+
+@cython.locals(key=object)
+cdef object _key(object name)
 
 cpdef object _own(object value)
 

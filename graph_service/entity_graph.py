@@ -43,6 +43,24 @@ ALARM = "ALARM"
 
 _intern = sys.intern
 
+# Property names, interned, by name: the names a graph uses are few, and a lookup
+# here is cheaper than interning again (sys.intern looks the string up in the
+# interpreter's table of every interned string, every time, unless it is that very
+# object: names decoded from a record are orjson's own cached strings). Cleared when
+# full: payload fields are the collectors' to choose.
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 4096
+
+
+def _key(name: str) -> str:
+    """``name`` interned (a property name)."""
+    key = _KEYS.get(name)
+    if key is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        key = _KEYS[name] = _intern(name)
+    return key
+
 
 def _own(value: Any) -> Any:
     """A private, canonical copy of a property value.
@@ -57,7 +75,7 @@ def _own(value: Any) -> Any:
     if isinstance(value, list):
         return [_own(v) for v in value]
     if isinstance(value, dict):
-        return {_intern(k): _own(v) for k, v in value.items()}
+        return {_key(k): _own(v) for k, v in value.items()}
     return value
 
 
@@ -65,11 +83,11 @@ def _update(attrs: Props, setting: dict[str, Any], unsetting: Sequence[str]) -> 
     for key, value in setting.items():
         t = type(value)
         if t is str:
-            attrs[_intern(key)] = _intern(value)
+            attrs[_key(key)] = _intern(value)
         elif t is bool or t is int or t is float or value is None:
-            attrs[_intern(key)] = value
+            attrs[_key(key)] = value
         else:
-            attrs[_intern(key)] = _own(value)
+            attrs[_key(key)] = _own(value)
     for key in unsetting:
         attrs.pop(key, None)
 
@@ -158,7 +176,7 @@ class EntityGraph:
                     pred[dst][_intern(src)] = keys
                 attrs = keys.get(label)
                 if attrs is None:
-                    attrs = keys[_intern(label)] = {}
+                    attrs = keys[_key(label)] = {}
                     self._edges += 1
                 _update(attrs, ch[4], ch[5])
             elif op == "V":
