@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from graph_service import crashpoints
 from rca_common.logging import get_logger
-from rca_common.records import Frames, LogRecord
+from rca_common.records import CONTENT_TYPE, Frames, LogRecord
 
 log = get_logger(__name__)
 
@@ -124,7 +124,7 @@ class AmqpLogSink:
         message = aio_pika.Message(
             frames.take(),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
+            content_type=CONTENT_TYPE,
             headers={"x-rca-first-seq": first_seq, "x-rca-last-seq": last_seq},
         )
         task = asyncio.ensure_future(self.exchange.publish(message, "", mandatory=True))

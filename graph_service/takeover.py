@@ -34,7 +34,7 @@ from graph_service.recovery import (
 from graph_service.snapshot_schedule import SnapshotSchedule
 from graph_service.snapshots import SnapshotPreloader, SnapshotStore
 from rca_common.logging import get_logger
-from rca_common.records import KIND_BARRIER, LogRecord, encode_records
+from rca_common.records import CONTENT_TYPE, KIND_BARRIER, LogRecord, encode_records
 
 if TYPE_CHECKING:
     from graph_service.service import GraphService
@@ -317,7 +317,9 @@ class Takeover:
         barrier = LogRecord(0, svc.epoch, time.time(), {}, [], kind=KIND_BARRIER)
         await svc.processed_exchange.publish(
             aio_pika.Message(
-                encode_records([barrier]), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                encode_records([barrier]),
+                content_type=CONTENT_TYPE,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             "",
             mandatory=True,

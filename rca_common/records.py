@@ -28,6 +28,7 @@ KIND_EVENT = "event"
 KIND_BARRIER = "barrier"
 
 FRAMED = b"RCA-RECORDS/1\n"  # the first bytes of a framed message
+CONTENT_TYPE = "application/x-rca-records"  # a framed message's AMQP content type
 # kind (0 event, 1 barrier), seq, epoch, processed_at, len(event_id), len(body)
 _HEADER = struct.Struct("<BqqdHI")
 _KIND_CODES = {KIND_EVENT: 0, KIND_BARRIER: 1}

@@ -8,7 +8,7 @@ import pytest
 from graph_service import log_publisher
 from graph_service.log_publisher import AmqpLogSink
 from rca_common.broker import BrokerTopology, declare_topology
-from rca_common.records import LogRecord, decode_records
+from rca_common.records import CONTENT_TYPE, LogRecord, decode_records
 from tests.conftest import settings_from, wait_for
 
 
@@ -49,6 +49,7 @@ async def test_batches_are_cut_by_weight_as_well_as_by_count(
     async def take() -> bool:
         message = await queue.get(no_ack=True, fail=False)
         if message is not None:
+            assert message.content_type == CONTENT_TYPE  # framed, not JSON
             bodies.append(message.body)
         return sum(len(decode_records(b)) for b in bodies) == 16
 
