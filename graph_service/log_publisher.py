@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from graph_service import crashpoints
 from rca_common.logging import get_logger
-from rca_common.records import CONTENT_TYPE, Frames, LogRecord
+from rca_common.records import CONTENT_TYPE, Frames
 
 log = get_logger(__name__)
 
@@ -85,19 +85,9 @@ class AmqpLogSink:
         """Frame an event record into the batch being filled (per event: keep it lean)."""
         if self.failed is not None:
             raise LogPublishError("record log is broken; not accepting records") from self.failed
-        self._frames.add_event(seq, epoch, processed_at, event, changes)
-        self._appended(seq)
-
-    def append_record(self, record: LogRecord) -> None:
-        """Any record, already built (a barrier, a record read back)."""
-        if self.failed is not None:
-            raise LogPublishError("record log is broken; not accepting records") from self.failed
-        self._frames.add(record)
-        self._appended(record.seq)
-
-    def _appended(self, seq: int) -> None:
-        self._last_appended = seq
         frames = self._frames
+        frames.add_event(seq, epoch, processed_at, event, changes)
+        self._last_appended = seq
         if frames.count >= self._batch_max or frames.weight >= MAX_BATCH_WEIGHT:
             self._publish_batch()
         elif self._timer is None:

@@ -33,6 +33,7 @@ CONTENT_TYPE = "application/x-rca-records"  # a framed message's AMQP content ty
 _HEADER = struct.Struct("<BqqdHI")
 _KIND_CODES = {KIND_EVENT: 0, KIND_BARRIER: 1}
 _KINDS = (KIND_EVENT, KIND_BARRIER)
+_EVENT_CODE = _KIND_CODES[KIND_EVENT]
 
 
 class LogRecord:
@@ -159,14 +160,14 @@ class Frames:
         body = orjson.dumps({"event": event, "changes": changes})
         event_id = event["event_id"].encode()
         buffer = self.buffer
-        buffer += _HEADER.pack(0, seq, epoch, processed_at, len(event_id), len(body))
+        buffer += _HEADER.pack(_EVENT_CODE, seq, epoch, processed_at, len(event_id), len(body))
         buffer += event_id
         buffer += body
         self.weight += record_weight(event, changes)
         self._counted(seq)
 
     def add(self, record: LogRecord) -> None:
-        """Frame any record (a sealed or decoded one, a barrier)."""
+        """Frame any record (one read back from a frame, a barrier)."""
         if record.kind == KIND_EVENT:
             event_id = record.event["event_id"].encode()
             body = record.logged()
