@@ -42,6 +42,7 @@ from graph_service.recovery import (
     RecoveryReport,
     evaluators_enabled,
     last_fresh_epoch,
+    log_end,
     replay_log,
 )
 from graph_service.snapshots import SnapshotStore
@@ -50,7 +51,6 @@ from rca_common.logging import get_logger
 
 log = get_logger(__name__)
 
-NO_END = 2**63 - 1  # replay "to the end of the log"
 # At most one read of the log per this many seconds: under load the persistor commits
 # far more often, and a read per commit would cost PostgreSQL more than the records.
 FOLLOW_SPACING = 0.05
@@ -271,7 +271,7 @@ class HotStandby:
                     conn,
                     self.processor,
                     self.last_seq,
-                    NO_END,
+                    await log_end(conn),
                     self.seed_epoch,
                     RecoveryReport(),
                     on_record=self._applied,

@@ -124,24 +124,27 @@ async def replay_log(
 
     # A takeover reads the stale rows too, to count them; a hot standby reads the log
     # again and again, and a stale tail would come back every time.
-    stale = "" if takeover else " AND epoch >= $4"
+    stale = "" if takeover else " AND epoch >= $3"
+    query = (
+        f"SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2{stale} ORDER BY seq"
+    )
+    fetched_to = after_seq  # the chunks asked for so far cover the seqs up to here
 
-    def fetch(after: int) -> Awaitable[list[asyncpg.Record]]:
-        args = (after, upto_seq, REPLAY_CHUNK) + (() if takeover else (snapshot_epoch,))
-        return conn.fetch(
-            f"SELECT seq, epoch, record FROM events WHERE seq > $1 AND seq <= $2{stale}"
-            " ORDER BY seq LIMIT $3",
-            *args,
-        )
+    def fetch_next() -> Awaitable[list[asyncpg.Record]]:
+        # A bounded range, not ``LIMIT``: without statistics on a freshly filled table
+        # the planner answered ``seq > $1 ... LIMIT`` by sorting every row after $1, for
+        # every chunk (measured: 50 ms a chunk, on disk, at 50k rows to go).
+        nonlocal fetched_to
+        start, fetched_to = fetched_to, min(fetched_to + REPLAY_CHUNK, upto_seq)
+        return conn.fetch(query, start, fetched_to, *(() if takeover else (snapshot_epoch,)))
 
-    rows = await fetch(after_seq) if after_seq < upto_seq else []
-    while rows:
-        cursor_from = rows[-1][0]
+    rows = await fetch_next() if fetched_to < upto_seq else None
+    while rows is not None:
         # Ask for the next chunk before applying this one: PostgreSQL reads and sends it
         # (on the other core) while this one is applied, instead of after.
         following: asyncio.Task[list[asyncpg.Record]] | None = None
-        if cursor_from < upto_seq:
-            following = asyncio.ensure_future(fetch(cursor_from))
+        if fetched_to < upto_seq:
+            following = asyncio.ensure_future(fetch_next())
         try:
             if following is not None:
                 await asyncio.sleep(0)  # the task sends its query
@@ -160,7 +163,7 @@ async def replay_log(
         now = time.monotonic()
         if takeover and now - last_log >= PROGRESS_EVERY:
             rate = done / (now - started)
-            remaining = upto_seq - cursor_from
+            remaining = upto_seq - (expected - 1)
             log.info(
                 "replay progress",
                 replayed=done,
@@ -170,7 +173,7 @@ async def replay_log(
             )
             last_log = now
         # awaiting the next chunk lets the watchdog and the HTTP API run
-        rows = await following if following is not None else []
+        rows = await following if following is not None else None
     elapsed = time.monotonic() - started
     report.replayed = done
     report.replay_s = round(elapsed, 6)

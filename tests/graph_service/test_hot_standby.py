@@ -287,13 +287,16 @@ async def test_a_corrupt_newer_snapshot_does_not_bring_back_the_dropped_one(
     rows = leader.rows(10, epoch)
     await leader.commit(rows[:4] + rows[5:])  # a hole at seq 35
     await wait_for(lambda: standby.processor is None, what="the replica dropped")
-    corrupt = await leader.snapshot(epoch)
-    await conn.execute(
-        "UPDATE graph_snapshots SET blob = 'garbage'::bytea, size_bytes = 7 WHERE id = $1",
-        corrupt,
-    )
+    # Logs are captured before the corrupt snapshot exists: the standby may try it
+    # (and give up on it) before this test would start listening otherwise.
     with capture_logs() as logs:
         monkeypatch.setattr(snapshots, "log", structlog.get_logger(snapshots.__name__))
+        async with conn.transaction():  # nobody sees it before it is corrupt
+            corrupt = await leader.snapshot(epoch)
+            await conn.execute(
+                "UPDATE graph_snapshots SET blob = 'garbage'::bytea, size_bytes = 7 WHERE id = $1",
+                corrupt,
+            )
 
         def tried_twice() -> bool:
             rejected = [e for e in logs if e["event"] == "snapshot rejected, trying an older one"]

@@ -92,3 +92,50 @@ async def test_records_of_an_epoch_older_than_the_snapshot_are_skipped(
     last = await replay_log(conn, start, 0, 13, 3, report)
     assert report.replay_skipped_stale == 1 and report.replayed == 12 and last == 12
     assert start.export_state() == live.export_state()  # content (a restored copy interns less)
+
+
+async def test_a_hole_wider_than_a_chunk_is_a_gap_too(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks are ranges of seqs: a range with no row at all must not end the replay
+    # as if the log ended there.
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK", 5)
+    start, _, rows = live_log(40)
+    await write(conn, [r for r in rows if not 11 <= r[0] <= 25])
+    with pytest.raises(ReplayGap, match="expected seq 11, found 26"):
+        await replay_log(conn, start, 0, 40, 1, RecoveryReport())
+
+
+async def test_a_standby_read_goes_through_a_stale_tail_wider_than_a_chunk(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dead leader's seqs beyond the new leader's: a hot standby's read leaves them out
+    # in the query, so whole chunks fetch nothing; the read must go on through them to
+    # the end it was given, and a later read must find the new leader's records there.
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK", 4)
+    start, live, rows = live_log(20)
+    zombie = orjson.dumps({"event": {}, "changes": [["V", "x"]]})
+    newer = [(seq, 3, at, eid, body) for seq, _, at, eid, body in rows]
+    await write(
+        conn, newer[:10] + [(seq, 2, 0.0, f"zombie-{seq}", zombie) for seq in range(11, 43)]
+    )
+    seen: list[int] = []
+
+    async def read(after: int) -> int:
+        return await replay_log(
+            conn,
+            start,
+            after,
+            42,
+            3,
+            RecoveryReport(),
+            on_record=lambda seq, *_: seen.append(seq),
+            takeover=False,
+        )
+
+    assert await read(0) == 10 and seen == list(range(1, 11))
+    # the new leader goes on: its records overwrite the dead leader's seqs
+    await conn.execute("DELETE FROM events WHERE seq BETWEEN 11 AND 20")
+    await write(conn, newer[10:20])
+    assert await read(10) == 20 and seen == list(range(1, 21))
+    assert start.export_state() == live.export_state()
