@@ -26,9 +26,24 @@ from rca_common.logging import get_logger
 
 log = get_logger(__name__)
 
-REPLAY_CHUNK = 5000
+REPLAY_CHUNK = 5000  # seqs a chunk of the log covers at most
+REPLAY_FIRST_CHUNK = 500  # the first chunk: nothing is applied until it is in
+# Bytes of records a chunk is sized for, from the sizes of the last one: a chunk is one
+# PostgreSQL array, which must stay far below its 1 GB limit, and it is held whole in
+# memory while applied (5000 records are 3.5 MB without templates, 17 MB with them).
+REPLAY_CHUNK_BYTES = 32 << 20
 # a chunk of the log: its seqs, epochs and records, in seq order
 Chunk = tuple[list[int], list[int], list[bytes]]
+
+
+def chunk_span(records: list[bytes]) -> int:
+    """Seqs the next chunk covers, given the records of the last one."""
+    size = sum(map(len, records))
+    if not size:
+        return REPLAY_CHUNK
+    return max(1, min(REPLAY_CHUNK, REPLAY_CHUNK_BYTES * len(records) // size))
+
+
 PROGRESS_EVERY = 2.0
 
 
@@ -136,6 +151,7 @@ async def replay_log(
         f" FROM events WHERE seq > $1 AND seq <= $2{stale}"
     )
     fetched_to = after_seq  # the chunks asked for so far cover the seqs up to here
+    span = min(REPLAY_FIRST_CHUNK, REPLAY_CHUNK)
 
     async def fetch(start: int, end: int) -> Chunk:
         seqs, epochs, records = await conn.fetchrow(
@@ -148,7 +164,7 @@ async def replay_log(
         # the planner answered ``seq > $1 ... LIMIT`` by sorting every row after $1, for
         # every chunk (measured: 50 ms a chunk, on disk, at 50k rows to go).
         nonlocal fetched_to
-        start, fetched_to = fetched_to, min(fetched_to + REPLAY_CHUNK, upto_seq)
+        start, fetched_to = fetched_to, min(fetched_to + span, upto_seq)
         return fetch(start, fetched_to)
 
     rows = await fetch_next() if fetched_to < upto_seq else None
@@ -156,6 +172,7 @@ async def replay_log(
         # Ask for the next chunk before applying this one: PostgreSQL reads and sends it
         # (on the other core) while this one is applied, instead of after.
         following: asyncio.Future[Chunk] | None = None
+        span = chunk_span(rows[2])
         if fetched_to < upto_seq:
             following = asyncio.ensure_future(fetch_next())
         try:

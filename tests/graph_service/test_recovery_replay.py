@@ -139,3 +139,32 @@ async def test_a_standby_read_goes_through_a_stale_tail_wider_than_a_chunk(
     await write(conn, newer[10:20])
     assert await read(10) == 20 and seen == list(range(1, 21))
     assert start.export_state() == live.export_state()
+
+
+def test_a_chunk_is_sized_by_the_bytes_of_the_last_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK", 5000)
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK_BYTES", 1_000_000)
+    assert recovery.chunk_span([b"x" * 100] * 10) == 5000  # small records: the seq cap
+    assert recovery.chunk_span([b"x" * 10_000] * 10) == 100  # 1 MB / 10 kB
+    assert recovery.chunk_span([b"x" * 5_000_000]) == 1  # one huge record: one at a time
+    assert recovery.chunk_span([]) == 5000  # an empty range says nothing
+
+
+async def test_replay_with_chunks_sized_by_bytes_rebuilds_the_live_state(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start, live, rows = live_log(60)
+    monkeypatch.setattr(recovery, "REPLAY_FIRST_CHUNK", 3)
+    # about two records' worth: the chunks shrink after the first
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK_BYTES", 2 * len(rows[0][4]))
+    spans: list[int] = []
+    sized = recovery.chunk_span
+    monkeypatch.setattr(recovery, "chunk_span", lambda r: spans.append(sized(r)) or spans[-1])
+    await write(conn, rows)
+    seen: list[int] = []
+    last = await replay_log(
+        conn, start, 0, 60, 1, RecoveryReport(), on_record=lambda seq, *_: seen.append(seq)
+    )
+    assert last == 60 and seen == list(range(1, 61))
+    assert start.export_state() == live.export_state()
+    assert spans and max(spans) <= 3  # the chunks followed the bytes, not REPLAY_CHUNK
