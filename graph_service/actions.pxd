@@ -2,6 +2,8 @@
 # stays the one source of behaviour; this file only says what the compiler may assume.
 cimport cython
 
+from graph_service.entity_graph cimport _own
+
 
 cdef class Step:
     cdef readonly object op

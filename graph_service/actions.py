@@ -88,6 +88,11 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     MARK_DOWN: ((), ()),
 }
 _COMMON = ("template", "target")
+# An activation's record: its keys, in this order, per action (replay builds one per step)
+_RECORD_KEYS = {
+    action: ("action", "scenario", "clause", "match", *_COMMON, *required, *optional)
+    for action, (required, optional) in _FIELDS.items()
+}
 
 Effect = tuple[str, ...]
 Pair = tuple[str, str]  # (action key, match key)
@@ -181,8 +186,7 @@ def _step(payload: dict[str, Any]) -> Step:
     """The step of a logged payload (validated when it was first processed)."""
     if payload["op"] == DEACTIVATE:
         return Step(DEACTIVATE, payload["action_key"], payload["match_key"], None)
-    required, optional = _FIELDS[payload["action"]]
-    keys = ("action", "scenario", "clause", "match", *_COMMON, *required, *optional)
+    keys = _RECORD_KEYS[payload["action"]]
     record = {k: _own(payload[k]) for k in keys if k in payload}
     return Step(ACTIVATE, payload["action_key"], payload["match_key"], record)
 
