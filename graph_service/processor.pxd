@@ -3,7 +3,10 @@
 # of behaviour; this file only says what the compiler may assume.
 cimport cython
 
+from graph_service.actions cimport steps_of
 from graph_service.entity_graph cimport EntityGraph
+from graph_service.transformers cimport Transformed, category_of, transform_fields
+from rca_common.timestamps cimport format_timestamp
 
 cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE, _MISSING
 
@@ -38,7 +41,7 @@ cdef class Processor:
     cdef public object actions
     cdef public bint _index_later
 
-    @cython.locals(changes=list, old=dict)
+    @cython.locals(changes=list, old=dict, tf=Transformed)
     cpdef Outcome process(self, object event)
     cpdef object _bookkeep(self, object event_id, object source, object etype,
                            object entity_id, object action, object ts)

@@ -17,3 +17,9 @@ cpdef str category_of(object entity_type)
 cpdef dict _resource(dict f, object states, object stamp)
 @cython.locals(fn=object)
 cpdef Transformed transform_fields(dict f, object states, object stamp=*)
+
+cdef dict _REFS
+cdef Py_ssize_t _REFS_MAX
+
+@cython.locals(key=tuple, found=object)
+cpdef object ref(object vtype, object entity_id, object label, bint outgoing)

@@ -107,6 +107,25 @@ class Ref(_RefFields):
         return tuple.__new__(cls, (vtype, entity_id, label, outgoing, vid))
 
 
+# References by their fields: most events refer to a few hundred hosts, zones and
+# networks, and building a Ref (a tuple subclass with a Python-level __new__) cost more
+# than the rest of an instance event's references. Refs are immutable, so sharing one
+# is safe. Cleared when full.
+_REFS: dict[tuple[str, str, str, bool], Ref] = {}
+_REFS_MAX = 1 << 16
+
+
+def ref(vtype: str, entity_id: str, label: str, outgoing: bool) -> Ref:
+    """``Ref(vtype, entity_id, label, outgoing)``, memoised."""
+    key = (vtype, entity_id, label, outgoing)
+    found = _REFS.get(key)
+    if found is None:
+        if len(_REFS) >= _REFS_MAX:
+            _REFS.clear()
+        found = _REFS[key] = Ref(vtype, entity_id, label, outgoing)
+    return found
+
+
 class Transformed:
     """What one event says about its entity.
 
@@ -205,26 +224,26 @@ def _simple(
 
 def _zone_refs(f: Fields) -> list[Ref]:
     cluster = _ref_id(f, "cluster", f["payload"].get("cluster") or DEFAULT_CLUSTER)
-    return [Ref(_CLUSTER, cluster, CONTAINS, False)]
+    return [ref(_CLUSTER, cluster, CONTAINS, False)]
 
 
 def _host_refs(f: Fields) -> list[Ref]:
     zone = f["payload"].get("zone")
-    return [Ref(_ZONE, _ref_id(f, "zone", zone), CONTAINS, False)] if zone else []
+    return [ref(_ZONE, _ref_id(f, "zone", zone), CONTAINS, False)] if zone else []
 
 
 def _instance_refs(f: Fields) -> list[Ref]:
     host = f["payload"].get("host")
-    return [Ref(_HOST, _ref_id(f, "host", host), CONTAINS, False)] if host else []
+    return [ref(_HOST, _ref_id(f, "host", host), CONTAINS, False)] if host else []
 
 
 def _port_refs(f: Fields) -> list[Ref]:
     refs = []
     payload = f["payload"]
     if net := payload.get("network_id"):
-        refs.append(Ref(_NETWORK, _ref_id(f, "network_id", net), CONTAINS, False))
+        refs.append(ref(_NETWORK, _ref_id(f, "network_id", net), CONTAINS, False))
     if dev := payload.get("device_id"):
-        refs.append(Ref(_INSTANCE, _ref_id(f, "device_id", dev), ATTACHED, True))
+        refs.append(ref(_INSTANCE, _ref_id(f, "device_id", dev), ATTACHED, True))
     return refs
 
 
@@ -234,7 +253,7 @@ def _volume_refs(f: Fields) -> list[Ref]:
         attached = [attached]
     if not isinstance(attached, list):
         raise MalformedEvent(f"cinder.volume event {f['event_id']}: attached_to must be a list")
-    return [Ref(_INSTANCE, _ref_id(f, "attached_to", i), ATTACHED, True) for i in attached]
+    return [ref(_INSTANCE, _ref_id(f, "attached_to", i), ATTACHED, True) for i in attached]
 
 
 def _no_refs(f: Fields) -> list[Ref]:
@@ -258,7 +277,7 @@ def _alarm(f: Fields, states: StateNormalizer, stamp: str) -> Transformed:
     op_sev = states.operational(etype, severity)
     eid = f["entity_id"]
     vid = vertex_id(ALARM, etype, eid)
-    ref = Ref(rtype, rid, ON, True)
+    resource = ref(rtype, rid, ON, True)
     props: dict[str, Any] = {
         **payload,
         VID: vid,
@@ -273,12 +292,12 @@ def _alarm(f: Fields, states: StateNormalizer, stamp: str) -> Transformed:
         IS_PLACEHOLDER: False,
         OPERATIONAL_SEVERITY: op_sev,
         AGGREGATED_SEVERITY: op_sev,
-        RESOURCE_VID: ref.vid,
+        RESOURCE_VID: resource.vid,
         RESOURCE_TYPE: rtype,
     }
     # The alarm owns its "on" edge whatever the resource type: an alarm moved to a
     # resource of another type must not keep the old edge.
-    return Transformed(vid, props, [ref], ((ON, True, None),), deleted=status == "resolved")
+    return Transformed(vid, props, [resource], ((ON, True, None),), deleted=status == "resolved")
 
 
 TRANSFORMERS: dict[str, Transformer] = {
