@@ -3,6 +3,8 @@
 # of behaviour; this file only says what the compiler may assume.
 cimport cython
 
+from rca_common.timestamps cimport parse_timestamp
+
 cdef object _intern
 cdef dict _KEYS
 cdef Py_ssize_t _KEYS_MAX

@@ -6,7 +6,7 @@ cimport cython
 from graph_service.actions cimport steps_of
 from graph_service.entity_graph cimport EntityGraph
 from graph_service.transformers cimport Transformed, category_of, transform_fields
-from rca_common.timestamps cimport format_timestamp
+from rca_common.timestamps cimport format_timestamp, parse_timestamp
 
 cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE, _MISSING
 

@@ -6,3 +6,5 @@ from cpython.datetime cimport datetime
 
 @cython.locals(minute=tuple)
 cpdef str format_timestamp(datetime ts)
+
+cpdef object parse_timestamp(object value)
