@@ -1,7 +1,9 @@
 # Two commands for a fresh machine:
 #   make run    bring the whole system up locally (collector + persistor + graph service)
 #   make test   run the whole test suite (what CI runs)
-PY ?= python3
+# The interpreter of the venv; empty: the distribution's python3 when usable, else
+# python3 from PATH (deploy/make-venv.sh says why).
+PY ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .run
@@ -14,7 +16,7 @@ CONTAINERS_SETUP ?= $(CURDIR)/../shared/containers/setup.sh
 .PHONY: venv build services containers run stop test lint unit bench clean
 
 $(BIN)/graph-service: pyproject.toml setup.py
-	$(PY) -m venv $(VENV)
+	bash deploy/make-venv.sh $(VENV) $(PY)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@

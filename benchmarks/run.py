@@ -134,6 +134,8 @@ def host() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "memory_gib": mem,
         "python": platform.python_version(),
+        # which build: the distribution's (PGO and LTO) or another (deploy/make-venv.sh)
+        "python_executable": os.path.realpath(sys.executable),
         "platform": platform.platform(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
