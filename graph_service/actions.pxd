@@ -12,6 +12,8 @@ cdef class Step:
     cdef readonly object record
 
 
-@cython.locals(record=dict)
 cpdef Step _step(dict payload)
+cdef object _ABSENT
+@cython.locals(record=dict)
+cpdef dict _record(dict payload)
 cpdef list steps_of(dict payload)

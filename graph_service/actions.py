@@ -186,9 +186,21 @@ def _step(payload: dict[str, Any]) -> Step:
     """The step of a logged payload (validated when it was first processed)."""
     if payload["op"] == DEACTIVATE:
         return Step(DEACTIVATE, payload["action_key"], payload["match_key"], None)
-    keys = _RECORD_KEYS[payload["action"]]
-    record = {k: _own(payload[k]) for k in keys if k in payload}
-    return Step(ACTIVATE, payload["action_key"], payload["match_key"], record)
+    return Step(ACTIVATE, payload["action_key"], payload["match_key"], _record(payload))
+
+
+def _record(payload: dict[str, Any]) -> Record:
+    """The activation record of a logged activation step (one lookup per key: replay
+    builds one per logged activation)."""
+    record = {}
+    for k in _RECORD_KEYS[payload["action"]]:
+        value = payload.get(k, _ABSENT)
+        if value is not _ABSENT:
+            record[k] = _own(value)
+    return record
+
+
+_ABSENT = object()  # a dict.get default that no payload value is
 
 
 def steps_of(payload: dict[str, Any]) -> list[Step]:
@@ -265,23 +277,28 @@ class ActionRegistry:
         for effect in effects_of(record):
             self._by_effect.setdefault(effect, {})[pair] = None
 
-    def record_all(self, steps: Iterable[Step]) -> None:
-        """A logged round's steps, as :meth:`apply_all` records them, but into
-        ``_active`` only: the indexes are left stale until :meth:`reindex`. For a
-        takeover's replay, which reads nothing from the registry until it ends and
-        spent a third of its time on rounds keeping the indexes current."""
+    def record_logged(self, payload: dict[str, Any]) -> None:
+        """A logged round's steps (its payload, as :func:`steps_of` reads it), recorded
+        as :meth:`apply_all` records them, but into ``_active`` only: the indexes are
+        left stale until :meth:`reindex`. For a takeover's replay, which reads nothing
+        from the registry until it ends and spent a third of its time on rounds keeping
+        the indexes current.
+
+        Straight from the payload's dicts, without a :class:`Step` per step, and a key
+        is made the registry's own only when it is added: most steps of a replayed
+        round deactivate, or activate what is active already."""
         active = self._active
-        for step in steps:
-            ak, mk = _own(step.action_key), _own(step.match_key)
-            if step.op == ACTIVATE:
-                matches = active.setdefault(ak, {})
-                if mk not in matches:
-                    assert step.record is not None
-                    matches[mk] = step.record
-                continue
+        for step in payload["steps"]:
+            ak, mk = step["action_key"], step["match_key"]
             matches = active.get(ak)
-            if matches is not None and matches.pop(mk, None) is not None and not matches:
-                del active[ak]
+            if step["op"] == DEACTIVATE:
+                if matches is not None and matches.pop(mk, None) is not None and not matches:
+                    del active[ak]
+                continue
+            if matches is None:
+                matches = active[_own(ak)] = {}
+            if mk not in matches:
+                matches[_own(mk)] = _record(step)
 
     def reindex(self) -> None:
         """Rebuild the indexes from ``_active`` (as a snapshot restore builds them)."""

@@ -339,7 +339,7 @@ class Processor:
         if event.entity_type == VITRAGE:
             self._bookkeep(event.event_id, VITRAGE, VITRAGE, "", "", event.sample_timestamp)
             if self._index_later and steps is None:  # a replayed round: nothing reads effects
-                self.actions.record_all(steps_of(event.payload))
+                self.actions.record_logged(event.payload)
                 return []
             return self.actions.apply_all(steps if steps is not None else steps_of(event.payload))
         return self._bookkeep(
@@ -381,8 +381,12 @@ class Processor:
     ) -> None:
         if OPERATIONAL_STATE in props:
             evaluator_state = old.get(EVALUATOR_STATE) if old else None
-            props[AGGREGATED_STATE] = self.states.aggregate(
-                props[TYPE], props[OPERATIONAL_STATE], evaluator_state
+            # Without a state set by the evaluator (most vertices) the aggregate is the
+            # datasource's state: no method call per event for that.
+            props[AGGREGATED_STATE] = (
+                self.states.aggregate(props[TYPE], props[OPERATIONAL_STATE], evaluator_state)
+                if evaluator_state
+                else props[OPERATIONAL_STATE]
             )
         if old is None:
             ch: Change = ["v", vid, props, []]

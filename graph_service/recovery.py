@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,8 @@ log = get_logger(__name__)
 
 REPLAY_CHUNK = 5000  # seqs a chunk of the log covers at most
 REPLAY_FIRST_CHUNK = 500  # the first chunk: nothing is applied until it is in
+# Records applied between two turns of the event loop while the next chunk streams in
+REPLAY_SLICE = 250
 # Bytes of records a chunk is sized for, from the sizes of the last one: a chunk is one
 # PostgreSQL array, which must stay far below its 1 GB limit, and it is held whole in
 # memory while applied (5000 records are 3.5 MB without templates, 17 MB with them).
@@ -174,13 +177,22 @@ async def replay_log(
         if fetched_to < upto_seq:
             following = asyncio.ensure_future(fetch_next())
         try:
-            if following is not None:
-                await asyncio.sleep(0)  # the task sends its query
-            expected, applied, skipped = replay_rows(
-                processor, zip(*rows, strict=True), expected, snapshot_epoch, on_record
-            )
-            done += applied
-            report.replay_skipped_stale += skipped
+            records = zip(*rows, strict=True)
+            for _ in range(0, len(rows[0]), REPLAY_SLICE):
+                if following is not None:
+                    # The loop reads what has come of the next chunk meanwhile (the
+                    # first time: the task sends its query). Without, the next chunk
+                    # waits in the socket's buffer until this one is applied.
+                    await asyncio.sleep(0)
+                expected, applied, skipped = replay_rows(
+                    processor,
+                    islice(records, REPLAY_SLICE),
+                    expected,
+                    snapshot_epoch,
+                    on_record,
+                )
+                done += applied
+                report.replay_skipped_stale += skipped
         except BaseException:
             if following is not None:
                 following.cancel()

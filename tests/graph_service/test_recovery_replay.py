@@ -168,3 +168,28 @@ async def test_replay_with_chunks_sized_by_bytes_rebuilds_the_live_state(
     assert last == 60 and seen == list(range(1, 61))
     assert start.export_state() == live.export_state()
     assert spans and max(spans) <= 3  # the chunks followed the bytes, not REPLAY_CHUNK
+
+
+async def test_the_loop_turns_between_slices_of_a_chunk_while_the_next_one_streams_in(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk is applied a slice at a time, and the event loop runs between slices
+    while the next chunk is on its way (so that it is read from the socket meanwhile,
+    not after the whole chunk): another task sees the replay part-way through a chunk."""
+    monkeypatch.setattr(recovery, "REPLAY_CHUNK", 40)
+    monkeypatch.setattr(recovery, "REPLAY_FIRST_CHUNK", 40)
+    monkeypatch.setattr(recovery, "REPLAY_SLICE", 7)
+    start, live, rows = live_log(120)
+    await write(conn, rows)
+    seen: list[int] = []
+    observed: list[int] = []
+    replay = asyncio.create_task(
+        replay_log(conn, start, 0, 120, 1, RecoveryReport(), on_record=lambda s, *_: seen.append(s))
+    )
+    while not replay.done():
+        observed.append(len(seen))
+        await asyncio.sleep(0)
+    assert await replay == 120 and seen == list(range(1, 121))
+    # part-way through the first two chunks (the last one has no next chunk to wait for)
+    assert {7, 14, 21, 28, 35, 47, 54, 61, 68, 75} <= set(observed)
+    assert start.export_state() == live.export_state()
