@@ -71,8 +71,9 @@ from graph_service.evaluator import (  # noqa: E402
     run_to_fixpoint,
     touched_vertices,
 )
+from graph_service.gc_policy import gc_paused  # noqa: E402
 from graph_service.processor import Outcome, Processor  # noqa: E402
-from graph_service.snapshot_codec import dump, gc_paused  # noqa: E402
+from graph_service.snapshot_codec import dump  # noqa: E402
 from graph_service.templates import load_templates  # noqa: E402
 from rca_common.events import decode_events  # noqa: E402
 

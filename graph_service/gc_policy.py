@@ -40,8 +40,11 @@ it to whatever line happened to allocate.
 from __future__ import annotations
 
 import gc
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rca_common.logging import get_logger
@@ -84,6 +87,46 @@ def thaw() -> None:
     global _frozen
     gc.unfreeze()
     _frozen = False
+
+
+# Reference-counted so that overlapping pauses (a snapshot decode in a worker thread
+# while the loop thread encodes or replays) restore the collector only when the last
+# one ends.
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+def _reset_gc_lock_in_child() -> None:
+    global _gc_lock, _gc_depth
+    _gc_lock = threading.Lock()  # another thread may have held it at fork time
+    _gc_depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_gc_lock_in_child)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Disable the cyclic garbage collector for the block, then restore its state.
+
+    For work that builds many long-lived, acyclic containers in one go (unpickling a
+    snapshot, a takeover's replay): the collector would walk them again and again and
+    free nothing."""
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class GcTimer:

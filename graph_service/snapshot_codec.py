@@ -24,20 +24,17 @@ collector's passes over them cost more than the unpickling itself.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import hmac as _hmac
 import io
-import os
 import pickle
 import struct
 import sys
-import threading
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from graph_service.gc_policy import gc_paused
 
 FORMAT_VERSION = 1
 MAGIC = b"RCASNP"
@@ -83,42 +80,6 @@ class EncodedSnapshot:
     @property
     def size(self) -> int:
         return len(self.blob)
-
-
-# ------------------------------------------------------------------ gc pausing
-# Reference-counted so that overlapping pauses (a decode in a worker thread while
-# the loop thread encodes) restore the collector only when the last one ends.
-_gc_lock = threading.Lock()
-_gc_depth = 0
-_gc_was_enabled = False
-
-
-def _reset_gc_lock_in_child() -> None:
-    global _gc_lock, _gc_depth
-    _gc_lock = threading.Lock()  # another thread may have held it at fork time
-    _gc_depth = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_gc_lock_in_child)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Disable the cyclic garbage collector for the block, then restore its state."""
-    global _gc_depth, _gc_was_enabled
-    with _gc_lock:
-        if _gc_depth == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_depth += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_depth -= 1
-            if _gc_depth == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 # --------------------------------------------------------------------- encode
@@ -264,7 +225,6 @@ __all__ = [
     "decode_payload",
     "dump",
     "encode",
-    "gc_paused",
     "hmac_key_bytes",
     "seal",
     "sign",

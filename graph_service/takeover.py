@@ -15,7 +15,7 @@ import asyncpg
 
 from graph_service import crashpoints
 from graph_service.evaluation import ReplayDirt
-from graph_service.gc_policy import freeze_heap
+from graph_service.gc_policy import freeze_heap, gc_paused
 from graph_service.hot_standby import HotStandby, StandbyConfig
 from graph_service.ingest import Ingest
 from graph_service.lifecycle import Phase
@@ -247,9 +247,17 @@ class Takeover:
             mark = dirt if svc.evaluation.templates else None
             crashpoints.hit("replay")  # the drill's kill in recovery
             try:
-                with svc.processor.registry_indexed_after():  # nothing reads it before
-                    last = await replay_log(conn, svc.processor, snap.snapshot_seq, max_seq,
-                                            snap.epoch, report, on_record=mark)  # fmt: skip
+                # The collector paused: the replay builds long-lived, acyclic containers
+                # (graph, registry) that it would walk again and again, freeing nothing
+                # (measured with the shipped templates: 47 collections, 0.2 of 1.9 s).
+                # What was built is frozen before the collector is back, else its first
+                # collection would walk all of it.
+                with gc_paused():
+                    with svc.processor.registry_indexed_after():  # nothing reads it before
+                        last = await replay_log(conn, svc.processor, snap.snapshot_seq,
+                                                max_seq, snap.epoch, report,
+                                                on_record=mark)  # fmt: skip
+                    freeze_heap("log replayed")
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
                 log.error("replay failed: fresh start", reason=report.reason)

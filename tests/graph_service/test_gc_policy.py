@@ -77,3 +77,11 @@ def test_timer_feeds_the_pause_histogram() -> None:
     timer.drain(metrics.observe_gc)
     count = metrics.registry.get_sample_value("rca_gc_pause_seconds_count", {"generation": "2"})
     assert count is not None and count >= 1
+
+
+def test_gc_pause_nests() -> None:
+    with gc_policy.gc_paused():
+        with gc_policy.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()

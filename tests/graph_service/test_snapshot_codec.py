@@ -114,14 +114,6 @@ def test_gc_state_is_restored(processor: Processor):
         gc.enable()
 
 
-def test_gc_pause_nests():
-    with codec.gc_paused():
-        with codec.gc_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    assert gc.isenabled()
-
-
 def test_gc_is_paused_while_unpickling(monkeypatch: pytest.MonkeyPatch):
     seen: list[bool] = []
     real_load = codec.RestrictedUnpickler.load
