@@ -4,7 +4,7 @@ cimport cython
 from cpython.datetime cimport datetime
 
 
-@cython.locals(minute=tuple)
+@cython.locals(year=long, month=long, day=long, hour=long, minute=long, second=long, key=long)
 cpdef str format_timestamp(datetime ts)
 
 cpdef object parse_timestamp(object value)

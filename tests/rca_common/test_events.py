@@ -239,8 +239,8 @@ def test_format_timestamp_is_isoformat_of_the_utc_time(monkeypatch: pytest.Monke
 
     import rca_common.timestamps as timestamps
 
-    # A tiny minute-prefix cache: clearing it when full must not change any result.
-    monkeypatch.setattr(timestamps, "_MINUTE_PREFIXES_MAX", 3)
+    # A tiny prefix cache: clearing it when full must not change any result.
+    monkeypatch.setattr(timestamps, "_SECOND_PREFIXES_MAX", 3)
     zones = [None, UTC, timezone(timedelta(0)), timezone(timedelta(hours=2))]
     zones += [timezone(timedelta(hours=-5, minutes=-30)), TzInfo(0), TzInfo(-3600)]
     rng = random.Random(7)
@@ -259,7 +259,7 @@ def test_format_timestamp_is_isoformat_of_the_utc_time(monkeypatch: pytest.Monke
         for _ in range(3000)
     ]:
         assert format_timestamp(ts) == _reference_format(ts), ts
-    assert len(timestamps._MINUTE_PREFIXES) <= 3
+    assert len(timestamps._SECOND_PREFIXES) <= 3
 
 
 def test_parse_timestamp_of_the_stored_form_is_utc_and_round_trips() -> None:
