@@ -22,18 +22,20 @@ cdef class EntityGraph:
     cdef dict _nodes, _succ, _pred
     cdef public dict _deleted
     cdef public Py_ssize_t _edges
-    cdef public Py_ssize_t _holes
-    cdef public object _due_from
+    cdef public dict _order_of
+    cdef public list _queue
+    cdef public Py_ssize_t _counter
 
     @cython.locals(nodes=dict, succ=dict, pred=dict, deleted=dict, attrs=dict, out=dict,
                    keys=dict, op=object)
     cpdef apply(self, object changes)
     cpdef _adopt(self, object g)
+    cpdef _index_queue(self)
     cpdef _track_deleted(self, object vid, dict attrs)
-    @cython.locals(deleted=dict, tail=list)
-    cpdef _index_deleted(self, object vid, object when)
+    @cython.locals(order=Py_ssize_t)
+    cpdef _push_deleted(self, object vid, object when)
     cpdef object vertex(self, object vid)
     cpdef dict successors(self, object vid)
     cpdef dict predecessors(self, object vid)
-    @cython.locals(out=list)
+    @cython.locals(queue=list, order_of=dict, out=list, due=list, entry=tuple)
     cpdef list deleted_before(self, object cutoff)

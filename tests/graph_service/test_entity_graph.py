@@ -235,15 +235,47 @@ def test_restored_edge_count_is_saved_not_recounted() -> None:
     assert restored.edge_count == 3
 
 
-def test_the_purge_queue_is_compacted_as_it_is_purged_from_the_front() -> None:
-    """A dict keeps the slots of removed entries; scanning from the front would walk
-    every purged one. The queue is rebuilt (same order) once holes outnumber entries."""
+def test_the_purge_queue_drops_its_dead_entries_as_vertices_are_purged() -> None:
+    """Purging leaves the queue's entry behind (a heap is not searched); once dead
+    entries outnumber live ones, the queue is rebuilt from the deleted vertices."""
     g = EntityGraph()
     g.apply([v(f"x{i}", t=i, deleted=True) for i in range(3000)])
     for i in range(2500):
         g.apply([["V", f"x{i}"]])
-    assert g._holes <= 1024
+    assert len(g._deleted) == 500
+    assert len(g._queue) <= max(1024, 2 * len(g._deleted))
     assert g.deleted_before(at(2600)) == [f"x{i}" for i in range(2500, 2600)]
     assert len(g) == 500
     restored = pickle.loads(pickle.dumps(g, protocol=5))
     assert restored.deleted_before(at(3000)) == [f"x{i}" for i in range(2500, 3000)]
+
+
+def test_deletions_late_by_their_own_clock_are_queued_in_time_order() -> None:
+    """A source whose clock lags deletes "in the past" all the time: each such
+    deletion goes into the purge queue by its time, while the state (``_deleted``,
+    what a snapshot holds) keeps the order in which deletions happened."""
+    g = EntityGraph()
+    n = 2000
+    g.apply([v(f"x{i}", 0) for i in range(n)])
+    for i in range(n):  # newest first: every deletion is older than all queued
+        g.apply([["v", f"x{i}", {IS_DELETED: True, SAMPLE_TS: ts(n - i)}, []]])
+    assert list(g._deleted) == [f"x{i}" for i in range(n)]
+    assert g.deleted_before(at(11)) == [f"x{i}" for i in range(n - 1, n - 11, -1)]
+    restored = pickle.loads(pickle.dumps(g, protocol=5))
+    assert restored.deleted_before(at(n + 1)) == g.deleted_before(at(n + 1))
+    assert restored.deleted_before(at(n + 1)) == [f"x{i}" for i in reversed(range(n))]
+
+
+def test_a_vertex_deleted_again_after_a_recreate_is_queued_once_at_its_new_time() -> None:
+    g = EntityGraph()
+    g.apply([v("a", 0), v("b", 0)])
+    g.apply([["v", "a", {IS_DELETED: True, SAMPLE_TS: ts(100)}, []]])
+    g.apply([["v", "a", {IS_DELETED: False, SAMPLE_TS: ts(150)}, []]])  # recreated
+    g.apply([["v", "b", {IS_DELETED: True, SAMPLE_TS: ts(100)}, []]])
+    g.apply([["v", "a", {IS_DELETED: True, SAMPLE_TS: ts(300)}, []]])  # deleted again
+    assert g.deleted_before(at(200)) == ["b"]  # a's first entry is dead
+    assert g.deleted_before(at(301)) == ["b", "a"]
+    g.apply([["v", "a", {IS_DELETED: False, SAMPLE_TS: ts(310)}, []]])
+    g.apply([["v", "a", {IS_DELETED: True, SAMPLE_TS: ts(100)}, []]])  # at an older time
+    assert g.deleted_before(at(301)) == ["b", "a"]  # once, ties in deletion order
+    assert list(g._deleted) == ["b", "a"]
