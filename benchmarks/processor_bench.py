@@ -10,6 +10,9 @@ Not a test. Prints one JSON object::
   host state changes, alarms firing and resolving, volume attach changes);
 * ``decode_events_per_s``: :func:`decode_events` on the update stream encoded as
   message bodies of ``--batch`` events;
+* ``late_source_events_per_s``: alarms firing and resolving from two sources, one's
+  clock ``LATE_SOURCE_LAG_S`` behind the other's (its deletions queue for purging
+  behind those already queued);
 * ``graph_rss_mb``: RSS growth of a fresh process that builds the graph from the
   same events (generated on the fly, not held; dedup window kept tiny so event ids
   do not count; vertex-id cache cleared): what the service pays for the graph;
@@ -58,6 +61,7 @@ from rca_common.logging import setup_logging  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SEED = 20260101
+LATE_SOURCE_LAG_S = 10.0  # late_source_events_per_s: one alarm source's clock behind
 
 INSTANCE_STATES = ("ACTIVE",) * 12 + ("SHUTOFF", "SUSPENDED", "PAUSED", "ERROR")
 HOST_STATES = ("UP",) * 6 + ("DOWN", "MAINTENANCE")
@@ -262,6 +266,35 @@ class Synthetic:
                 payload = {"name": f"vol-{v}", "state": "in-use", "attached_to": attached}
                 yield ev("cinder.volume", self.volumes[v], "update", payload)
 
+    def late_source_events(self, count: int, lag_s: float) -> Iterator[Event]:
+        """Alarms firing and resolving from two sources, zabbix's clock ``lag_s`` behind
+        prometheus's: every zabbix resolution deletes a vertex "in the past", behind
+        the deletions queued since (``late_source_events_per_s``)."""
+        pending: dict[str, list[str]] = {"zabbix": [], "prometheus": []}
+        for k in range(count):
+            atype = "zabbix" if k % 2 else "prometheus"
+            queue = pending[atype]
+            if len(queue) >= 16:  # resolve the oldest of this source's alarms
+                aid = queue.pop(0)
+                status = "resolved"
+            else:
+                aid = self._new_alarm_of(atype)
+                queue.append(aid)
+                status = "firing"
+            atype, payload = self.alarm_payload(aid, status)
+            event = self.event(atype, aid, "update", payload)
+            if atype == "zabbix":
+                late = event.sample_timestamp - timedelta(seconds=lag_s)
+                event = event.model_copy(update={"sample_timestamp": late})
+            yield event
+
+    def _new_alarm_of(self, atype: str) -> str:
+        while True:
+            aid = self._new_alarm()
+            if ALARM_KINDS[self.alarms[aid][0]][0] == atype:
+                return aid
+            del self.alarms[aid]
+
     def _pick_alarm(self) -> str:
         # dicts keep insertion order: resolve one of the older alarms, cheaply.
         it = iter(self.alarms)
@@ -282,6 +315,7 @@ def child_throughput(scale: float, updates: int, batch: int) -> dict[str, Any]:
     for e in build:
         p.process(e)
     build_s = time.perf_counter() - t
+    built = len(build)
     del build
     upd = list(syn.update_events(updates))
     gc.collect()
@@ -296,14 +330,21 @@ def child_throughput(scale: float, updates: int, batch: int) -> dict[str, Any]:
     for body in bodies:
         decoded += len(decode_events(body))
     decode_s = time.perf_counter() - t
+    vertices, edges = len(p.graph), p.graph.edge_count  # the memory child's graph
+    late = list(syn.late_source_events(updates // 2, LATE_SOURCE_LAG_S))
+    t = time.perf_counter()
+    for e in late:
+        p.process(e)
+    late_s = time.perf_counter() - t
     return {
-        "build_events": syn.n - len(upd),
-        "build_events_per_s": round((syn.n - len(upd)) / build_s),
+        "late_source_events_per_s": round(len(late) / late_s),
+        "build_events": built,
+        "build_events_per_s": round(built / build_s),
         "update_events": len(upd),
         "update_events_per_s": round(len(upd) / update_s),
         "decode_events_per_s": round(decoded / decode_s),
-        "vertices": len(p.graph),
-        "edges": p.graph.edge_count,
+        "vertices": vertices,
+        "edges": edges,
     }
 
 
@@ -415,6 +456,8 @@ def main() -> None:
         "update_events_per_s": thr["update_events_per_s"],
         "decode_events_per_s": thr["decode_events_per_s"],
         "decode_batch": args.batch,
+        "late_source_events_per_s": thr["late_source_events_per_s"],
+        "late_source_lag_s": LATE_SOURCE_LAG_S,
         "graph_rss_mb": round(mem["graph_rss_mb"], 1),
         "bare_networkx_rss_mb": round(bare["rss_mb"], 1),
         "bare_networkx_interned_rss_mb": round(bare_interned["rss_mb"], 1),
