@@ -514,7 +514,7 @@ class Processor:
 
     def _due_for_purge(self) -> list[str]:
         """The deleted vertices :meth:`_purge` removes now (the live path emits them inline).
-        Cheap when none is due: the purge queue is ordered and kept compact (EntityGraph)."""
+        Cheap when none is due: the top of the purge queue says so (EntityGraph)."""
         if self.clock is None:
             return []
         return self.graph.deleted_before(self.clock - self.min_time_to_delete)
