@@ -159,12 +159,16 @@ class RecentIds:
         """From :meth:`Processor.export_state`'s list (distinct ids, oldest first), in
         bulk: a restore rebuilds hundreds of thousands of them."""
         recent = cls(capacity)
-        if len(dict.fromkeys(ids)) != len(ids):  # not distinct: the slow, exact way
+        distinct = dict.fromkeys(ids)  # on a takeover's critical path: built once
+        if len(distinct) != len(ids):  # not distinct: the slow, exact way
             for event_id in ids:
                 recent.add(event_id)
             return recent
-        recent._order = deque(ids[-capacity:] if capacity else ())
-        recent._ids = dict.fromkeys(recent._order)
+        if len(ids) > capacity:
+            ids = ids[-capacity:] if capacity else []
+            distinct = dict.fromkeys(ids)
+        recent._order = deque(ids)
+        recent._ids = distinct
         return recent
 
     def add(self, event_id: str) -> None:
