@@ -3,9 +3,10 @@
 #
 # With no PYTHON (the Makefile's PY unset), the distribution's /usr/bin/python3 comes
 # first, then the first python3 on PATH. Debian builds its interpreter with
-# profile-guided optimisation and link-time optimisation; pyenv's default build (what
-# a pyenv shim on PATH runs) has neither, and every figure of the service is
-# interpreter-bound. Measured on this project's 2-core machines, the same code, run
+# profile-guided optimisation and link-time optimisation, statically linked (its
+# changelog; sysconfig does not show those flags); pyenv's default build (what a
+# pyenv shim on PATH runs) has neither and calls into libpython3.11.so, and every
+# figure of the service is interpreter-bound. Measured on this project's 2-core machines, the same code, run
 # interleaved: the processor benchmark's build 77k -> 90k events/s, decoding +30 %,
 # replay 7.9-9.3 -> 7.0 us a record (README, Benchmarks).
 #
