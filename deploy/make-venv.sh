@@ -3,12 +3,12 @@
 #
 # With no PYTHON (the Makefile's PY unset), the distribution's /usr/bin/python3 comes
 # first, then the first python3 on PATH. Debian builds its interpreter with
-# profile-guided optimisation and link-time optimisation, statically linked (its
-# changelog; sysconfig does not show those flags); pyenv's default build (what a
-# pyenv shim on PATH runs) has neither and calls into libpython3.11.so, and every
-# figure of the service is interpreter-bound. Measured on this project's 2-core machines, the same code, run
-# interleaved: the processor benchmark's build 77k -> 90k events/s, decoding +30 %,
-# replay 7.9-9.3 -> 7.0 us a record (README, Benchmarks).
+# profile-guided and link-time optimisation, statically linked (its changelog;
+# sysconfig does not show those flags); pyenv's default build, what a pyenv shim on
+# PATH runs, has neither and calls into libpython3.11.so. Every figure of the service
+# is interpreter-bound: the same code, runs interleaved, gave processor builds of
+# 86-94k events/s against 75-77k, decoding +30 %, replay 7.0 against 7.9-9.3 us a
+# record (README, The two commands).
 #
 # A candidate must be 3.11 or newer, carry its C headers (the pure core compiles
 # against them; without, it would run as plain Python, about twice as slow) and be

@@ -37,7 +37,6 @@ SAMPLE_TS = "vitrage_sample_timestamp"
 DATASOURCE = "vitrage_datasource_name"
 RELATIONSHIP = "relationship_type"
 
-
 RESOURCE = "RESOURCE"
 ALARM = "ALARM"
 
