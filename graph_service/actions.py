@@ -345,13 +345,16 @@ class ActionRegistry:
         return self._active
 
     @classmethod
-    def from_export(cls, data: dict[str, dict[str, Record]]) -> ActionRegistry:
+    def from_export(cls, data: dict[str, dict[str, Record]], index: bool = True) -> ActionRegistry:
+        """The registry :meth:`export` gave; ``index=False`` leaves its indexes to a
+        later :meth:`reindex` (a takeover's replay indexes the registry once, at its end)."""
         registry = cls()
         registry._active = {
             _own(ak): {_own(mk): _own(record) for mk, record in matches.items()}
             for ak, matches in data.items()
         }
-        registry.reindex()
+        if index:
+            registry.reindex()
         return registry
 
 

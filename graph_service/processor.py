@@ -295,9 +295,9 @@ class Processor:
 
     @contextmanager
     def registry_indexed_after(self) -> Iterator[None]:
-        """Replay logged rounds into the action registry without keeping its indexes
-        current, and index it once at the end (a takeover's replay: nothing reads the
-        registry before the evaluators are enabled, after it)."""
+        """Restore and replay logged rounds into the action registry without keeping its
+        indexes current, and index it once at the end (a takeover's replay: nothing reads
+        the registry before the evaluators are enabled, after it)."""
         self._index_later = True
         try:
             yield
@@ -322,14 +322,17 @@ class Processor:
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
-        """The inverse of :meth:`export_state` (replaces this processor's state)."""
+        """The inverse of :meth:`export_state` (replaces this processor's state). Within
+        :meth:`registry_indexed_after`, the registry is indexed when that ends, not here."""
         graph = EntityGraph.__new__(EntityGraph)
         graph.__setstate__(state["graph"])
         self.graph = graph
         self.recent = RecentIds.restore(self.recent.capacity, state["recent"])
         self.clock = state["clock"]
         self._round = state["round"]
-        self.actions = ActionRegistry.from_export(state.get("actions", {}))
+        self.actions = ActionRegistry.from_export(
+            state.get("actions", {}), index=not self._index_later
+        )
 
     # ------------------------------------------------------------- bookkeeping
     def _observe(self, event: Event, steps: list[Step] | None = None) -> Any:

@@ -237,27 +237,26 @@ class Takeover:
             report.snapshot_age_s = round(snap.age_s, 3)
             report.snapshot_load_s = round(snap.decode_s, 6)
             report.extra["snapshot_preloaded"] = snap.preloaded
-            svc.processor.import_state(snap.state["processor"])
-            # The graph was unpickled with the collector paused: its millions of objects
-            # are all "young", and the next collections would walk every one of them in
-            # the middle of replay (measured: half of the replay time).
-            freeze_heap("snapshot restored")
             dirt = ReplayDirt(svc.evaluation.dirty, await evaluators_enabled(conn))
             # without templates no vertex is ever evaluated: nothing to mark dirty
             mark = dirt if svc.evaluation.templates else None
             crashpoints.hit("replay")  # the drill's kill in recovery
             try:
-                # The collector paused: the replay builds long-lived, acyclic containers
-                # (graph, registry) that it would walk again and again, freeing nothing
-                # (measured with the shipped templates: 47 collections, 0.2 of 1.9 s).
-                # What was built is frozen before the collector is back, else its first
-                # collection would walk all of it.
+                # The collector paused from the restore to the end of the replay. The
+                # snapshot was unpickled with it paused (its millions of objects are all
+                # "young"), and the replay builds long-lived, acyclic containers: it
+                # would walk them again and again, freeing nothing (measured: half of
+                # the replay time without the freeze below; with the shipped templates,
+                # 47 collections, 0.2 of 1.9 s). All of it is frozen before the
+                # collector is back. The registry is indexed once, at the replay's end:
+                # nothing reads it before the evaluators are enabled.
                 with gc_paused():
-                    with svc.processor.registry_indexed_after():  # nothing reads it before
+                    with svc.processor.registry_indexed_after():
+                        svc.processor.import_state(snap.state["processor"])
                         last = await replay_log(conn, svc.processor, snap.snapshot_seq,
                                                 max_seq, snap.epoch, report,
                                                 on_record=mark)  # fmt: skip
-                    freeze_heap("log replayed")
+                    freeze_heap("snapshot restored, log replayed")
             except ReplayGap as exc:
                 report.reason = f"replay failed: {exc}"
                 log.error("replay failed: fresh start", reason=report.reason)

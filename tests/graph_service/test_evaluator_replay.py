@@ -291,6 +291,33 @@ def test_b_a_takeover_replay_indexes_the_registry_once_at_the_end(reference: Ref
         assert set(p.actions.involving(vid)) == set(live.actions.involving(vid))
 
 
+def test_b_a_takeover_restores_and_replays_then_indexes_the_registry_once(
+    reference: Reference,
+) -> None:
+    """As a takeover from a snapshot: the restore within the replay's
+    ``registry_indexed_after`` leaves the indexes to its end too (not built twice)."""
+    logged = [o for o in reference.log if o.logged]
+    cut = len(logged) // 2
+    first = Processor(min_time_to_delete=MIN_TIME_TO_DELETE)
+    for outcome in logged[:cut]:
+        first.replay_wire(*record(outcome))
+    state = pickle.loads(pickle.dumps(first.export_state(), protocol=5))
+    p = Processor(min_time_to_delete=MIN_TIME_TO_DELETE)
+    with p.registry_indexed_after():
+        p.import_state(state)
+        assert len(p.actions) > 0 and p.actions._by_vertex == p.actions._by_effect == {}
+        for outcome in logged[cut:]:
+            p.replay_wire(*record(outcome))
+    live = reference.env.p
+    assert registry_bytes(p) == registry_bytes(live)
+    assert p.actions._by_effect == live.actions._by_effect
+    for vid, _ in live.graph.vertices():
+        assert set(p.actions.involving(vid)) == set(live.actions.involving(vid))
+    outside = Processor(min_time_to_delete=MIN_TIME_TO_DELETE)
+    outside.import_state(state)  # a restore on its own indexes at once
+    assert outside.actions._by_effect == first.actions._by_effect != {}
+
+
 def test_b_each_round_ends_as_its_steps_applied_one_by_one(reference: Reference) -> None:
     """The whole stream again, each round's steps applied as events of their own:
     the same graph and registry as the rounds, and never fewer changes."""
