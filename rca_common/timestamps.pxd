@@ -7,4 +7,6 @@ from cpython.datetime cimport datetime
 @cython.locals(year=long, month=long, day=long, hour=long, minute=long, second=long, key=long)
 cpdef str format_timestamp(datetime ts)
 
+cdef object _fromisoformat
+
 cpdef object parse_timestamp(object value)

@@ -15,6 +15,11 @@ from datetime import UTC, datetime
 _SECOND_PREFIXES: dict[int, str] = {}
 _SECOND_PREFIXES_MAX = 4096
 
+# Bound once: looking ``datetime.fromisoformat`` up on the class was a third of each
+# call's instructions (callgrind, compiled: 1,770 -> 1,225), and the replay parses
+# every record's time, the live path every updated vertex's.
+_fromisoformat = datetime.fromisoformat
+
 
 def format_timestamp(ts: datetime) -> str:
     """The one textual form of a timestamp: ISO-8601 UTC with microseconds and ``Z``
@@ -35,7 +40,7 @@ def format_timestamp(ts: datetime) -> str:
 
 def parse_timestamp(value: str | datetime) -> datetime:
     """Parse an ISO-8601 timestamp into an aware UTC datetime (naive means UTC)."""
-    ts = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    ts = value if isinstance(value, datetime) else _fromisoformat(value)
     if ts.tzinfo is UTC:  # the stored form ("...Z") parses to UTC already
         return ts
     if ts.tzinfo is None:
