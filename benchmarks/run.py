@@ -9,7 +9,9 @@ the others): ``processor`` (benchmarks/processor_bench.py), ``snapshot``
 ``failover-bench`` command: fresh vs snapshot vs hot-standby failover at 10k and 100k vertices,
 end-to-end throughput with persistency on and off, memory). Their progress goes
 to stderr; the document goes to stdout and to ``bench-results/latest.json``.
-Exit status 1 when a benchmark failed (its entry then says why).
+Exit status 1 when a benchmark failed (its entry then says why). Each entry carries
+``speed_probe``, the machine's speed on fixed work before and after it
+(failover_drill/speed_probe.py): compare figures across runs only beside it.
 
 ``--quick`` runs smaller sizes (a smoke test of the harness, not figures to quote).
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from failover_drill.bench_load import LoadMonitor
+from failover_drill.speed_probe import probe
 from rca_common import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,12 +97,15 @@ def last_json(stdout: str) -> Any:
 
 def run_one(name: str, cmd: list[str]) -> dict[str, Any]:
     print(f"[bench] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    speed_before = probe()
     started = time.monotonic()
     with LoadMonitor() as monitor:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
     wall = round(time.monotonic() - started, 1)
     entry: dict[str, Any] = {"command": cmd, "exit_code": proc.returncode, "wall_s": wall}
     entry["host_load"] = monitor.report()
+    # how fast the machine was around this benchmark (failover_drill/speed_probe.py)
+    entry["speed_probe"] = {"before": speed_before, "after": probe()}
     try:
         entry["result"] = last_json(proc.stdout)
     except ValueError as exc:

@@ -96,6 +96,7 @@ from failover_drill.bench_deployment import (
 )
 from failover_drill.bench_load import LoadMonitor
 from failover_drill.cluster import Instance
+from failover_drill.speed_probe import probe
 from rca_common.logging import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -821,6 +822,8 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        # the machine's speed on fixed work: compare figures across runs beside it
+        "speed_probe_at_start": probe(),
         "config": {
             "sizes": cfg.sizes,
             "events_since_snapshot": cfg.events,
@@ -836,6 +839,7 @@ async def run(cfg: BenchConfig) -> dict[str, Any]:
         report["e2e"] = await e2e(cfg)
     report["summary"] = summary(report)
     report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["speed_probe_at_end"] = probe()
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report
 

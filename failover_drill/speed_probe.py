@@ -1,0 +1,78 @@
+"""How fast this machine is right now, measured on fixed work that no change to the
+project alters: the yardstick for comparing benchmark figures across runs.
+
+Machines of this kind vary by a third within minutes (README, Benchmarks): the same
+code gave 97k and 63k processor events/s an hour apart. A figure is worth comparing
+with another only next to the probe taken beside it; ``benchmarks/run.py`` takes one
+before and one after each benchmark.
+
+Two probes, each the best of a few short rounds (the best is the least disturbed):
+``python_ns_per_op``, interpreter work like the processor's (dict lookups and
+updates, small strings), and ``json_mb_per_s``, decoding a fixed JSON document
+with orjson (C code, memory-bound, like a replay's decoding).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+PYTHON_OPS = 200_000
+JSON_COPIES = 400
+ROUNDS = 5
+
+
+def python_work(ops: int) -> int:
+    """Fixed interpreter work; returns a checksum so that it cannot be skipped."""
+    counts: dict[str, int] = {}
+    total = 0
+    for i in range(ops):
+        key = f"k{i % 997}"
+        counts[key] = counts.get(key, 0) + 1
+        total += len(key)
+    return total + len(counts)
+
+
+def json_document(copies: int) -> bytes:
+    """A fixed document shaped like a log record (ids, timestamps, small dicts)."""
+    record = {
+        "event": {
+            "event_id": "probe-1",
+            "entity_type": "nova.instance",
+            "sample_timestamp": "2026-01-01T00:00:00.000001Z",
+            "payload": {"name": "vm-1", "state": "ACTIVE", "host": "host-1"},
+        },
+        "changes": [
+            ["v", "5bba6ff8-9a7d-504d-91ef-1c5532053ec0", {"state": "ACTIVE"}, []],
+            ["e", "a", "b", "contains", {"relationship_type": "contains"}, []],
+        ],
+    }
+    return orjson.dumps([record] * copies)
+
+
+def _best(fn: Any, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def probe(
+    rounds: int = ROUNDS, ops: int = PYTHON_OPS, copies: int = JSON_COPIES
+) -> dict[str, float]:
+    """Both probes (about half a second in all at the defaults)."""
+    doc = json_document(copies)
+    python_s = _best(lambda: python_work(ops), rounds)
+    json_s = _best(lambda: orjson.loads(doc), rounds * 4)
+    return {
+        "python_ns_per_op": round(python_s / ops * 1e9, 1),
+        "json_mb_per_s": round(len(doc) / json_s / 1e6, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(orjson.dumps(probe()).decode())
