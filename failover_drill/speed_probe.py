@@ -1,8 +1,8 @@
 """How fast this machine is right now, measured on fixed work that no change to the
 project alters: the yardstick for comparing benchmark figures across runs.
 
-Machines of this kind vary by a third within minutes (README, Benchmarks): the same
-code gave 97k and 63k processor events/s an hour apart. A figure is worth comparing
+Machines of this kind vary by a third, some hours by half (README, Benchmarks): the
+same code gave 97k and 63k processor events/s an hour apart. A figure is worth comparing
 with another only next to the probe taken beside it; ``benchmarks/run.py`` takes one
 before and one after each benchmark.
 
@@ -15,7 +15,7 @@ with orjson (C code, memory-bound, like a replay's decoding).
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 
@@ -52,7 +52,7 @@ def json_document(copies: int) -> bytes:
     return orjson.dumps([record] * copies)
 
 
-def _best(fn: Any, rounds: int) -> float:
+def _best(fn: Callable[[], object], rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
