@@ -54,7 +54,7 @@ import psutil  # noqa: E402
 
 from graph_service import gc_policy  # noqa: E402
 from graph_service.processor import Processor  # noqa: E402
-from graph_service.transformers import vertex_id  # noqa: E402
+from graph_service.transformers import clear_vertex_ids  # noqa: E402
 from rca_common import compiled  # noqa: E402
 from rca_common.events import Action, Event, decode_events, encode_events  # noqa: E402
 from rca_common.logging import setup_logging  # noqa: E402
@@ -357,7 +357,7 @@ def child_graph_memory(scale: float, updates: int, shape_path: str) -> dict[str,
         p.process(e)
     for e in syn.update_events(updates):
         p.process(e)
-    vertex_id.cache_clear()
+    clear_vertex_ids()
     gc.collect()
     used = rss() - base
     with open(shape_path, "wb") as fh:

@@ -6,7 +6,7 @@ cimport cython
 from graph_service.actions cimport steps_of
 from graph_service.entity_graph cimport EntityGraph
 from graph_service.transformers cimport Transformed, category_of, transform_fields
-from rca_common.timestamps cimport format_timestamp, parse_timestamp
+from rca_common.timestamps cimport format_timestamp, parse_timestamp, time_order
 
 cdef object _APPLIED, _STALE, _DUPLICATE, _DELETE, _END_SNAPSHOT, _UPDATE, _MISSING
 
@@ -59,5 +59,5 @@ cdef class _Emitter:
 
 
 cpdef bint _same(object a, object b) except -1
-cpdef bint _is_newer(dict attrs, object ts) except -1
+cpdef bint _is_newer(dict attrs, long long order) except -1
 cpdef dict _placeholder(object vid, object ref, object stamp)

@@ -56,7 +56,7 @@ from graph_service.transformers import (
     vertex_id,
 )
 from rca_common.events import Action, Event
-from rca_common.timestamps import format_timestamp, parse_timestamp
+from rca_common.timestamps import format_timestamp, parse_timestamp, time_order
 
 SNAPSHOT_ACTIONS = (Action.INIT_SNAPSHOT, Action.SNAPSHOT)
 
@@ -234,7 +234,7 @@ class Processor:
         vid = tf.vid
         g = self.graph
         old = g.vertex(vid)
-        if old is not None and _is_newer(old, ts):
+        if old is not None and _is_newer(old, time_order(stamp)):
             status = _STALE
         elif action is _DELETE or tf.deleted:
             if old is not None and not old.get(IS_DELETED):
@@ -562,12 +562,13 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _is_newer(attrs: dict[str, Any], ts: datetime) -> bool:
-    """True when the vertex holds data newer than ``ts`` (placeholders never do)."""
+def _is_newer(attrs: dict[str, Any], order: int) -> bool:
+    """True when the vertex holds data newer than the time whose :func:`time_order` is
+    ``order`` (placeholders never do)."""
     if attrs.get(IS_PLACEHOLDER):
         return False
     current = attrs.get(SAMPLE_TS)
-    return current is not None and parse_timestamp(current) > ts
+    return current is not None and time_order(current) > order
 
 
 def _placeholder(vid: str, ref: Ref, stamp: str) -> dict[str, Any]:

@@ -13,6 +13,12 @@ cdef class Transformed:
 
 
 cpdef str category_of(object entity_type)
+
+cdef dict _VIDS
+cdef Py_ssize_t _VIDS_MAX
+
+@cython.locals(by_type=dict, by_id=dict, vid=object)
+cpdef object vertex_id(object category, object vtype, object entity_id)
 @cython.locals(payload=dict)
 cpdef dict _resource(dict f, object states, object stamp)
 @cython.locals(fn=object)

@@ -10,3 +10,14 @@ cpdef str format_timestamp(datetime ts)
 cdef object _fromisoformat
 
 cpdef object parse_timestamp(object value)
+
+@cython.locals(year=cython.longlong, month=cython.longlong, day=cython.longlong,
+               hour=cython.longlong, minute=cython.longlong, second=cython.longlong,
+               micro=cython.longlong, data=bytes)
+cpdef long long time_order(str value) except? -1
+
+cdef long long _order(long long year, long long month, long long day, long long hour,
+                      long long minute, long long second, long long micro)
+
+@cython.locals(n=cython.longlong, i=Py_ssize_t, d=cython.longlong)
+cdef long long _digits(bytes data, Py_ssize_t start, Py_ssize_t end)

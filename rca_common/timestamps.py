@@ -1,7 +1,10 @@
+# cython: boundscheck=False, wraparound=False
+# (compiled: every index below is within a length checked first)
 """The one textual form of a timestamp, and parsing it back to an aware UTC datetime.
 
-Every event formats its sample time once and the graph compares parsed values,
-never strings. A module of its own, with no dependencies, so that it can be
+Every event formats its sample time once and the graph compares parsed values
+(datetimes, or the integers :func:`time_order` reads from the digits), never
+strings. A module of its own, with no dependencies, so that it can be
 compiled with the rest of the pure core (see setup.py).
 """
 
@@ -46,3 +49,44 @@ def parse_timestamp(value: str | datetime) -> datetime:
     if ts.tzinfo is None:
         return ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC)
+
+
+def time_order(value: str) -> int:
+    """An integer that orders timestamps as their times do (not a count of anything).
+
+    The stored form (:func:`format_timestamp`'s, 27 characters) is read digit by digit:
+    the processor compares the time of every event with that of the vertex it updates,
+    and parsing a datetime for that was a sixth of an update's instructions. Any other
+    form is parsed (:func:`parse_timestamp`) and ordered the same way.
+    """
+    data = value.encode()  # compiled, indexing bytes reads a C char
+    if len(data) == 27 and data[26] == 90 and data[19] == 46 and data[10] == 84:  # Z . T
+        year = _digits(data, 0, 4)
+        month = _digits(data, 5, 7)
+        day = _digits(data, 8, 10)
+        hour = _digits(data, 11, 13)
+        minute = _digits(data, 14, 16)
+        second = _digits(data, 17, 19)
+        micro = _digits(data, 20, 26)
+        if min(year, month, day, hour, minute, second, micro) >= 0:
+            return _order(year, month, day, hour, minute, second, micro)
+    ts = parse_timestamp(value)
+    return _order(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond)
+
+
+def _order(year: int, month: int, day: int, hour: int, minute: int, second: int, micro: int) -> int:
+    # months of 31 days: a total order that fits 64 bits, not a duration
+    return (
+        (((year * 12 + month - 1) * 31 + day - 1) * 24 + hour) * 3600 + minute * 60 + second
+    ) * 1_000_000 + micro
+
+
+def _digits(data: bytes, start: int, end: int) -> int:
+    """The decimal number ``data[start:end]`` spells, or -1 if a byte is not a digit."""
+    n = 0
+    for i in range(start, end):
+        d = data[i] - 48
+        if d < 0 or d > 9:
+            return -1
+        n = n * 10 + d
+    return n

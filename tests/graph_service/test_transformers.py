@@ -35,6 +35,7 @@ from graph_service.transformers import (
     MalformedEvent,
     Ref,
     transform,
+    uuid5_vertex_id,
     vertex_id,
 )
 from rca_common.timestamps import format_timestamp
@@ -51,8 +52,20 @@ def test_vertex_id_is_str_of_uuid5_for_any_name() -> None:
     # vertex_id computes the uuid5 itself (faster than uuid.uuid5): same strings.
     for eid in ["", "h1", "é-ü", "🙂:x:y", "a" * 300, "12345", "-:-"]:
         for category, etype in [(RESOURCE, "nova.host"), (ALARM, "zabbix")]:
-            assert vertex_id.__wrapped__(category, etype, eid) == expected_vid(category, etype, eid)
+            assert uuid5_vertex_id(category, etype, eid) == expected_vid(category, etype, eid)
             assert uuid.UUID(vertex_id(category, etype, eid)).version == 5
+
+
+def test_vertex_id_is_memoised_per_category_and_type() -> None:
+    first = vertex_id(RESOURCE, "nova.host", "memo-h1")
+    assert vertex_id(RESOURCE, "nova.host", "memo-h1") is first  # the memo's object
+    # the same datasource id under another category or type is another vertex
+    others = {vertex_id(ALARM, "nova.host", "memo-h1"), vertex_id(RESOURCE, "nova.zone", "memo-h1")}
+    assert first not in others and len(others) == 2
+    assert others == {
+        uuid5_vertex_id(ALARM, "nova.host", "memo-h1"),
+        uuid5_vertex_id(RESOURCE, "nova.zone", "memo-h1"),
+    }
 
 
 def test_ref_carries_the_vertex_id_it_points_to() -> None:

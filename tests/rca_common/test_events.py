@@ -15,7 +15,7 @@ from rca_common.events import (
     decode_events,
     encode_events,
 )
-from rca_common.timestamps import format_timestamp, parse_timestamp
+from rca_common.timestamps import format_timestamp, parse_timestamp, time_order
 
 
 def wire(**over: object) -> dict[str, object]:
@@ -267,3 +267,39 @@ def test_parse_timestamp_of_the_stored_form_is_utc_and_round_trips() -> None:
     parsed = parse_timestamp(text)
     assert parsed == datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=UTC) and parsed.tzinfo is UTC
     assert format_timestamp(parsed) == text
+
+
+def test_time_order_orders_as_time_does_in_any_form() -> None:
+    import random
+
+    rng = random.Random(11)
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
+    times = [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    for _ in range(2000):
+        base = datetime(rng.randint(1971, 2100), rng.randint(1, 12), rng.randint(1, 28), tzinfo=UTC)
+        times.append(
+            base
+            + timedelta(seconds=rng.randint(0, 86_400 * 40), microseconds=rng.randint(0, 999_999))
+        )
+    # neighbours across second, day, month and year boundaries
+    edge = datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    times += [edge, edge + timedelta(microseconds=1), edge - timedelta(days=334)]
+    texts = []
+    for ts in times:
+        texts.append(format_timestamp(ts))  # the stored form: read digit by digit
+        texts.append(ts.astimezone(rng.choice(zones)).isoformat())  # any other: parsed
+    by_time = sorted(texts, key=parse_timestamp)
+    assert [parse_timestamp(t) for t in sorted(texts, key=time_order)] == [
+        parse_timestamp(t) for t in by_time
+    ]
+    for text in texts:  # the same instant gives the same order in every form
+        assert time_order(text) == time_order(format_timestamp(parse_timestamp(text)))
+
+
+def test_time_order_parses_what_only_looks_like_the_stored_form() -> None:
+    # 27 characters with Z, T and . in place, but not digits: parsed, so it fails as
+    # parsing does, instead of giving a number
+    with pytest.raises(ValueError):
+        time_order("2026-01-01T00:00:0x.000000Z")
+    assert time_order("2026-01-01T00:00:01.000000Z") > time_order("2026-01-01T00:00:00.999999Z")
+    assert time_order("2026-01-01T01:00:00.000000+01:00") == time_order("2026-01-01T00:00:00Z")
