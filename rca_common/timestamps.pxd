@@ -4,7 +4,8 @@ cimport cython
 from cpython.datetime cimport datetime
 
 
-@cython.locals(year=long, month=long, day=long, hour=long, minute=long, second=long, key=long)
+@cython.locals(year=long, month=long, day=long, hour=long, minute=long, second=long, key=long,
+               prefixes=dict)
 cpdef str format_timestamp(datetime ts)
 
 cdef object _fromisoformat
