@@ -6,15 +6,18 @@ same code gave 97k and 63k processor events/s an hour apart. A figure is worth c
 with another only next to the probe taken beside it; ``benchmarks/run.py`` takes one
 before and one after each benchmark.
 
-Two probes, each the best of a few short rounds (the best is the least disturbed):
+Three probes, each the best of a few short rounds (the best is the least disturbed):
 ``python_ns_per_op``, interpreter work like the processor's (dict lookups and
-updates, small strings), and ``json_mb_per_s``, decoding a fixed JSON document
-with orjson (C code, memory-bound, like a replay's decoding).
+updates, small strings); ``json_mb_per_s``, decoding a fixed JSON document with
+orjson (C code, like a replay's decoding); and ``memory_ns_per_read``, the latency of
+a read from main memory, which the other two (their data in the caches) do not see
+and a 100k-vertex graph's dicts wait on (a third of an update's time, README).
 """
 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 
 import orjson
@@ -22,6 +25,9 @@ import orjson
 PYTHON_OPS = 200_000
 JSON_COPIES = 400
 ROUNDS = 5
+MEMORY_SLOTS = 1 << 23  # 64 MB of int64: far beyond the caches
+CACHED_SLOTS = 1 << 11  # 16 KB: within them
+MEMORY_STEPS = 100_000
 
 
 def python_work(ops: int) -> int:
@@ -33,6 +39,22 @@ def python_work(ops: int) -> int:
         counts[key] = counts.get(key, 0) + 1
         total += len(key)
     return total + len(counts)
+
+
+def chase(table: array[int], steps: int) -> int:
+    """``steps`` reads of ``table`` (a power of two long, all zeros), each at a place
+    that depends on the value read before: the next cannot start until the last is in.
+    Returns the last place (a checksum)."""
+    mask = len(table) - 1
+    i = 0
+    for _ in range(steps):
+        i = (i * 1103515245 + 12345 + table[i]) & mask  # a full-period walk
+    return i
+
+
+def zeros(slots: int) -> array[int]:
+    """An int64 array of zeros in memory of its own (copied: not the shared zero page)."""
+    return array("q", bytes(8 * slots))
 
 
 def json_document(copies: int) -> bytes:
@@ -62,15 +84,24 @@ def _best(fn: Callable[[], object], rounds: int) -> float:
 
 
 def probe(
-    rounds: int = ROUNDS, ops: int = PYTHON_OPS, copies: int = JSON_COPIES
+    rounds: int = ROUNDS,
+    ops: int = PYTHON_OPS,
+    copies: int = JSON_COPIES,
+    memory_slots: int = MEMORY_SLOTS,
+    memory_steps: int = MEMORY_STEPS,
 ) -> dict[str, float]:
-    """Both probes (about half a second in all at the defaults)."""
+    """The three probes (under a second in all at the defaults)."""
     doc = json_document(copies)
     python_s = _best(lambda: python_work(ops), rounds)
     json_s = _best(lambda: orjson.loads(doc), rounds * 4)
+    far, near = zeros(memory_slots), zeros(CACHED_SLOTS)
+    # the same walk through a table in the caches: what is left is waiting on memory
+    far_s = _best(lambda: chase(far, memory_steps), rounds)
+    near_s = _best(lambda: chase(near, memory_steps), rounds)
     return {
         "python_ns_per_op": round(python_s / ops * 1e9, 1),
         "json_mb_per_s": round(len(doc) / json_s / 1e6, 1),
+        "memory_ns_per_read": round(max(0.0, far_s - near_s) / memory_steps * 1e9, 1),
     }
 
 
