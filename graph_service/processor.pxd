@@ -47,6 +47,10 @@ cdef class Processor:
                            object entity_id, object action, object ts)
     @cython.locals(changed=dict, removed=list, shared=Py_ssize_t)
     cpdef _upsert(self, object vid, dict props, dict old, list changes)
+    @cython.locals(changed=dict, removed=list, shared=Py_ssize_t, i=Py_ssize_t, keys=tuple,
+                   ours=frozenset)
+    cpdef _update_resource(self, object vid, dict payload, tuple derived, dict old,
+                           list changes)
     @cython.locals(g=EntityGraph, wanted=set, stale=list, keyed=dict, edge=dict,
                    adjacency=dict)
     cpdef _link(self, object vid, list refs, tuple owned, object stamp, list changes)
@@ -60,4 +64,7 @@ cdef class _Emitter:
 
 cpdef bint _same(object a, object b) except -1
 cpdef bint _is_newer(dict attrs, long long order) except -1
+cdef Py_ssize_t _compare(dict old, object k, object v, dict changed) except -1
+cdef bint _differs(object ov, object v) except -1
+cdef Py_ssize_t _TYPE_AT, _OPERATIONAL_AT
 cpdef dict _placeholder(object vid, object ref, object stamp)

@@ -49,6 +49,8 @@ from graph_service.transformers import (
     EVALUATOR_OWNED,
     EVALUATOR_STATE,
     OPERATIONAL_STATE,
+    RESOURCE_KEY_SET,
+    RESOURCE_KEYS,
     MalformedEvent,
     Ref,
     category_of,
@@ -239,6 +241,10 @@ class Processor:
         elif action is _DELETE or tf.deleted:
             if old is not None and not old.get(IS_DELETED):
                 self._mark_deleted_at(vid, stamp, _Emitter(g, changes))
+        elif old is not None and tf.derived is not None:  # a resource known already
+            self._update_resource(vid, tf.payload, tf.derived, old, changes)
+            if tf.refs or tf.owned:
+                self._link(vid, tf.refs, tf.owned, stamp, changes)
         else:
             self._upsert(vid, tf.props, old, changes)
             if tf.refs or tf.owned:
@@ -398,24 +404,10 @@ class Processor:
         if old is None:
             ch: Change = ["v", vid, props, []]
         else:
-            # A value is unchanged only if equal *and* of the same JSON type, all the
-            # way down (see _same); the cheap != first, as most keys are unchanged.
             changed = {}
             shared = 0  # keys of props that old has too
             for k, v in props.items():
-                ov = old.get(k, _MISSING)
-                if ov is _MISSING:
-                    changed[k] = v
-                    continue
-                shared += 1
-                if ov is v:
-                    continue
-                if (
-                    ov != v
-                    or (t := type(v)) is not type(ov)
-                    or (t in _CONTAINERS and not _same(ov, v))
-                ):
-                    changed[k] = v
+                shared += _compare(old, k, v, changed)
             if shared == len(old):  # old has no key that props lacks: the usual case
                 removed = []
             else:
@@ -423,6 +415,52 @@ class Processor:
             if not changed and not removed:
                 return
             ch = ["v", vid, changed, removed]
+        self.graph.apply((ch,))
+        changes.append(ch)
+
+    def _update_resource(
+        self,
+        vid: str,
+        payload: dict[str, Any],
+        derived: tuple[Any, ...],
+        old: dict[str, Any],
+        changes: list[Change],
+    ) -> None:
+        """:meth:`_upsert` of an existing vertex from a resource's payload and derived
+        values (see ``Transformed``), without merging them into one dict first. The
+        changed keys come in another order than :meth:`_upsert` would give them (the
+        payload's own, then ours): as deterministic, and replay applies them as logged."""
+        changed: dict[str, Any] = {}
+        shared = 0  # keys of the properties that old has too
+        keys = RESOURCE_KEYS
+        ours = RESOURCE_KEY_SET
+        for k, v in payload.items():
+            if k not in ours and k != AGGREGATED_STATE:  # ours win: compared below
+                shared += _compare(old, k, v, changed)
+        for i in range(len(keys)):
+            shared += _compare(old, keys[i], derived[i], changed)
+        operational = derived[_OPERATIONAL_AT]
+        evaluator_state = old.get(EVALUATOR_STATE)
+        aggregated = (
+            self.states.aggregate(derived[_TYPE_AT], operational, evaluator_state)
+            if evaluator_state
+            else operational
+        )
+        shared += _compare(old, AGGREGATED_STATE, aggregated, changed)
+        if shared == len(old):  # old has no key that the event lacks: the usual case
+            removed = []
+        else:
+            removed = [
+                k
+                for k in old
+                if k not in payload
+                and k not in ours
+                and k != AGGREGATED_STATE
+                and k not in EVALUATOR_OWNED
+            ]
+        if not changed and not removed:
+            return
+        ch: Change = ["v", vid, changed, removed]
         self.graph.apply((ch,))
         changes.append(ch)
 
@@ -543,6 +581,9 @@ class _Emitter:
 
 _CONTAINERS = frozenset((list, dict))
 _MISSING = object()  # a dict.get default that no property value is
+# where Transformed.derived holds a resource's type and operational state
+_TYPE_AT = RESOURCE_KEYS.index(TYPE)
+_OPERATIONAL_AT = RESOURCE_KEYS.index(OPERATIONAL_STATE)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -560,6 +601,27 @@ def _same(a: Any, b: Any) -> bool:
                 return False
         return True
     return bool(a == b)
+
+
+def _compare(old: dict[str, Any], k: str, v: Any, changed: dict[str, Any]) -> int:
+    """Put ``k: v`` in ``changed`` unless ``old`` holds it already; returns 1 if ``old``
+    has ``k`` at all (the callers count those, to know whether a key went away)."""
+    ov = old.get(k, _MISSING)
+    if ov is _MISSING:
+        changed[k] = v
+        return 0
+    if ov is not v and _differs(ov, v):
+        changed[k] = v
+    return 1
+
+
+def _differs(ov: Any, v: Any) -> bool:
+    """Whether a property's new value ``v`` differs from its old one ``ov``: unchanged
+    only if equal *and* of the same JSON type, all the way down (see _same); the cheap
+    != first, as most values are unchanged."""
+    return bool(
+        ov != v or (t := type(v)) is not type(ov) or (t in _CONTAINERS and not _same(ov, v))
+    )
 
 
 def _is_newer(attrs: dict[str, Any], order: int) -> bool:

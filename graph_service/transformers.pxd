@@ -6,10 +6,12 @@ cimport cython
 
 cdef class Transformed:
     cdef public object vid
-    cdef public dict props
+    cdef public dict _props
     cdef public list refs
     cdef public tuple owned
     cdef public bint deleted
+    cdef public dict payload
+    cdef public tuple derived
 
 
 cpdef str category_of(object entity_type)
@@ -19,8 +21,11 @@ cdef Py_ssize_t _VIDS_MAX
 
 @cython.locals(by_type=dict, by_id=dict, vid=object)
 cpdef object vertex_id(object category, object vtype, object entity_id)
+
+@cython.locals(props=dict, keys=tuple, i=Py_ssize_t)
+cpdef dict merged_props(dict payload, tuple derived)
 @cython.locals(payload=dict)
-cpdef dict _resource(dict f, object states, object stamp)
+cpdef tuple _derived(dict f, object states, object stamp)
 @cython.locals(fn=object)
 cpdef Transformed transform_fields(dict f, object states, object stamp=*)
 

@@ -159,23 +159,41 @@ class Transformed:
     ``owned``: the edge kinds (label, outgoing, neighbour type) this entity's events
     define in full: an edge of such a kind that the event does not mention is
     removed. A neighbour type of None means any type (an alarm's one resource).
+
+    A resource's transformer leaves ``props`` unbuilt: it gives its ``payload`` and
+    the values of :data:`RESOURCE_KEYS` (``derived``), and ``props`` merges them when
+    first read. The processor diffs an update of an existing vertex against the two
+    without the merged dict (callgrind, the processor benchmark's updates: building and
+    freeing it was 6 % of all instructions).
     """
 
-    __slots__ = ("deleted", "owned", "props", "refs", "vid")
+    __slots__ = ("_props", "deleted", "derived", "owned", "payload", "refs", "vid")
 
     def __init__(
         self,
         vid: str,
-        props: dict[str, Any],
+        props: dict[str, Any] | None,
         refs: list[Ref] | None = None,
         owned: tuple[tuple[str, bool, str | None], ...] = (),
         deleted: bool = False,
+        payload: dict[str, Any] | None = None,
+        derived: tuple[Any, ...] | None = None,
     ) -> None:
         self.vid = vid
-        self.props = props
+        self._props = props
         self.refs = [] if refs is None else refs
         self.owned = owned
         self.deleted = deleted
+        self.payload = payload
+        self.derived = derived
+
+    @property
+    def props(self) -> dict[str, Any]:
+        """The vertex's datasource-owned properties: the payload's keys first, then
+        ours (a payload key of the same name keeps its position and takes our value)."""
+        if self._props is None:
+            self._props = merged_props(self.payload or {}, self.derived or ())
+        return self._props
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.vid, self.props, self.refs, self.owned, self.deleted)
@@ -185,6 +203,34 @@ class Transformed:
 
     def __repr__(self) -> str:
         return "Transformed(vid=%r, props=%r, refs=%r, owned=%r, deleted=%r)" % self._fields()  # noqa: UP031
+
+
+# The properties a resource's transformer sets itself, in the order they follow the
+# payload's keys; ``Transformed.derived`` holds their values in this order.
+RESOURCE_KEYS = (
+    VID,
+    CATEGORY,
+    TYPE,
+    "id",
+    "name",
+    "state",
+    DATASOURCE,
+    SAMPLE_TS,
+    IS_DELETED,
+    IS_PLACEHOLDER,
+    OPERATIONAL_STATE,
+)
+RESOURCE_KEY_SET = frozenset(RESOURCE_KEYS)
+
+
+def merged_props(payload: dict[str, Any], derived: tuple[Any, ...]) -> dict[str, Any]:
+    """A resource's properties from its payload and :data:`RESOURCE_KEYS`' values (the
+    key order is part of the logged change)."""
+    props = dict(payload)
+    keys = RESOURCE_KEYS
+    for i in range(len(keys)):  # indexes, not zip(): compiled, no tuple per pair
+        props[keys[i]] = derived[i]
+    return props
 
 
 # An event's fields are read from its ``__dict__`` (``Fields``), once: a pydantic
@@ -216,35 +262,35 @@ def _ref_id(f: Fields, key: str, value: Any) -> str:
     )
 
 
-def _resource(f: Fields, states: StateNormalizer, stamp: str) -> dict[str, Any]:
+def _derived(f: Fields, states: StateNormalizer, stamp: str) -> tuple[Any, ...]:
+    """The values of :data:`RESOURCE_KEYS` for a resource's event."""
     payload = f["payload"]
     etype = f["entity_type"]
     eid = f["entity_id"]
     state = payload.get("state")
-    # The payload's keys first, then ours (a payload key of the same name keeps its
-    # position and takes our value): the key order is part of the logged change.
-    return {
-        **payload,
-        VID: vertex_id(RESOURCE, etype, eid),
-        CATEGORY: RESOURCE,
-        TYPE: etype,
-        "id": eid,
-        "name": payload.get("name", eid),
-        "state": state,
-        DATASOURCE: f["source"],
-        SAMPLE_TS: stamp,
-        IS_DELETED: False,
-        IS_PLACEHOLDER: False,
-        OPERATIONAL_STATE: states.operational(etype, state),
-    }
+    return (
+        vertex_id(RESOURCE, etype, eid),
+        RESOURCE,
+        etype,
+        eid,
+        payload.get("name", eid),
+        state,
+        f["source"],
+        stamp,
+        False,
+        False,
+        states.operational(etype, state),
+    )
 
 
 def _simple(
     refs_of: Callable[[Fields], list[Ref]], owned: tuple[tuple[str, bool, str], ...]
 ) -> Transformer:
     def transform(f: Fields, states: StateNormalizer, stamp: str) -> Transformed:
-        props = _resource(f, states, stamp)
-        return Transformed(props[VID], props, refs_of(f), owned)
+        derived = _derived(f, states, stamp)
+        return Transformed(
+            derived[0], None, refs_of(f), owned, payload=f["payload"], derived=derived
+        )
 
     return transform
 

@@ -91,6 +91,19 @@ def test_new_vertex_and_update_diff() -> None:
     assert rebuilt(p, [first, second, third]) == graph_bytes(p)
 
 
+def test_an_update_keeps_our_properties_over_the_payloads_and_unsets_what_it_dropped() -> None:
+    """A payload may name a property the transformer sets (here the aggregated state):
+    ours wins, on creation and on every update, and a key the payload drops is unset."""
+    p = Processor()
+    applied(p, ev("nova.host", "h1", 0, state="UP", rack="r1", vitrage_aggregated_state="BAD"))
+    assert vertex(p, H1)["vitrage_aggregated_state"] == "OK"
+    out = applied(p, ev("nova.host", "h1", 10, state="UP", vitrage_aggregated_state="BAD"))
+    [change] = out.changes
+    assert change[2] == {SAMPLE_TS: ts(10)} and change[3] == ["rack"]
+    v = vertex(p, H1)
+    assert "rack" not in v and v["vitrage_aggregated_state"] == "OK"
+
+
 def test_a_change_of_json_type_is_a_change() -> None:
     """1, 1.0 and True are equal in Python; as property values they differ."""
     p = Processor()
