@@ -49,6 +49,7 @@ cdef class Processor:
     cpdef _upsert(self, object vid, dict props, dict old, list changes)
     @cython.locals(changed=dict, removed=list, shared=Py_ssize_t, i=Py_ssize_t, keys=tuple,
                    ours=frozenset)
+    cdef object _aggregated(self, object etype, object operational, dict old)
     cpdef _update_resource(self, object vid, dict payload, tuple derived, dict old,
                            list changes)
     @cython.locals(g=EntityGraph, wanted=set, stale=list, keyed=dict, edge=dict,

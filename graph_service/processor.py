@@ -393,14 +393,7 @@ class Processor:
         self, vid: str, props: dict[str, Any], old: dict[str, Any] | None, changes: list[Change]
     ) -> None:
         if OPERATIONAL_STATE in props:
-            evaluator_state = old.get(EVALUATOR_STATE) if old else None
-            # Without a state set by the evaluator (most vertices) the aggregate is the
-            # datasource's state: no method call per event for that.
-            props[AGGREGATED_STATE] = (
-                self.states.aggregate(props[TYPE], props[OPERATIONAL_STATE], evaluator_state)
-                if evaluator_state
-                else props[OPERATIONAL_STATE]
-            )
+            props[AGGREGATED_STATE] = self._aggregated(props[TYPE], props[OPERATIONAL_STATE], old)
         if old is None:
             ch: Change = ["v", vid, props, []]
         else:
@@ -417,6 +410,15 @@ class Processor:
             ch = ["v", vid, changed, removed]
         self.graph.apply((ch,))
         changes.append(ch)
+
+    def _aggregated(self, etype: str, operational: str, old: dict[str, Any] | None) -> str:
+        """The aggregated state of a vertex whose datasource state is ``operational``.
+        Without a state set by the evaluator (most vertices) it is that state: no method
+        call per event for that."""
+        evaluator_state = old.get(EVALUATOR_STATE) if old else None
+        if evaluator_state:
+            return self.states.aggregate(etype, operational, evaluator_state)  # type: ignore[no-any-return]
+        return operational
 
     def _update_resource(
         self,
@@ -439,13 +441,7 @@ class Processor:
                 shared += _compare(old, k, v, changed)
         for i in range(len(keys)):
             shared += _compare(old, keys[i], derived[i], changed)
-        operational = derived[_OPERATIONAL_AT]
-        evaluator_state = old.get(EVALUATOR_STATE)
-        aggregated = (
-            self.states.aggregate(derived[_TYPE_AT], operational, evaluator_state)
-            if evaluator_state
-            else operational
-        )
+        aggregated = self._aggregated(derived[_TYPE_AT], derived[_OPERATIONAL_AT], old)
         shared += _compare(old, AGGREGATED_STATE, aggregated, changed)
         if shared == len(old):  # old has no key that the event lacks: the usual case
             removed = []
